@@ -1,0 +1,162 @@
+"""The job spec: what a consumer asks the network to run, by requirement rather than machine."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import posixpath
+import re
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_INLINE_INPUT_BYTES = 512 * 1024
+"""Inputs travel inside signed envelopes (1 MiB by default), so each is bounded."""
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+DID_PATTERN = r"^did:key:z[1-9A-HJ-NP-Za-km-z]+$"
+REGION_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV_PREFIX = "CMESH_"
+
+Did = Annotated[str, Field(pattern=DID_PATTERN, max_length=128)]
+Region = Annotated[str, Field(pattern=REGION_PATTERN)]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_relative_path(path: str) -> str:
+    """A path inside the job's work directory: relative, normalised, no escape."""
+    if not path or len(path) > 255:
+        raise ValueError("must be 1 to 255 characters")
+    if path.startswith("/") or "\\" in path or "\x00" in path:
+        raise ValueError("must be a relative POSIX path")
+    normal = posixpath.normpath(path)
+    if normal != path or normal == "." or normal.startswith(".."):
+        raise ValueError("must be normalised and stay inside the work directory")
+    return path
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputFile(_Strict):
+    """One input placed in the work directory before the job starts.
+
+    Give exactly one of ``content`` (UTF-8 text), ``content_b64`` (bytes) or ``source``
+    (a local file the consumer reads when it submits). ``sha256``, when given, must match;
+    it is filled in when the spec is resolved, so providers receive content-addressed inputs.
+    """
+
+    path: str = Field(description="Relative path inside the job's work directory.")
+    content: str | None = Field(default=None, description="Inline UTF-8 text.")
+    content_b64: str | None = Field(default=None, description="Inline bytes, base64.")
+    source: str | None = Field(default=None, description="A local file read at submit time.")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    executable: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _relative_path(cls, value: str) -> str:
+        return check_relative_path(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        given = [v for v in (self.content, self.content_b64, self.source) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of content, content_b64 or source")
+        if self.content_b64 is not None:
+            try:
+                base64.b64decode(self.content_b64, validate=True)
+            except ValueError as exc:
+                raise ValueError("content_b64 is not valid base64") from exc
+        inline = self.inline_bytes()
+        if inline is not None:
+            if len(inline) > MAX_INLINE_INPUT_BYTES:
+                raise ValueError(f"inline input is larger than {MAX_INLINE_INPUT_BYTES} bytes")
+            if self.sha256 is not None and self.sha256 != sha256_hex(inline):
+                raise ValueError("sha256 does not match the content")
+        return self
+
+    def inline_bytes(self) -> bytes | None:
+        if self.content is not None:
+            return self.content.encode()
+        if self.content_b64 is not None:
+            return base64.b64decode(self.content_b64)
+        return None
+
+
+class Resources(_Strict):
+    cpu: float = Field(default=1.0, gt=0, le=1024, description="CPU cores.")
+    memory_mb: int = Field(default=256, ge=16, le=16 * 1024 * 1024)
+    disk_mb: int = Field(default=256, ge=1, le=1024 * 1024 * 1024)
+    gpu_count: int = Field(default=0, ge=0, le=64)
+    gpu_model: str | None = Field(default=None, max_length=128)
+    vram_mb: int = Field(default=0, ge=0, le=16 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _gpu_fields_need_gpus(self) -> Self:
+        if self.gpu_count == 0 and (self.gpu_model is not None or self.vram_mb > 0):
+            raise ValueError("gpu_model and vram_mb need gpu_count of at least 1")
+        return self
+
+
+Architecture = Literal["x86_64", "aarch64", "armv7l", "riscv64"]
+
+
+class Constraints(_Strict):
+    regions: list[Region] = Field(default_factory=list, description="Accepted regions; empty: any.")
+    architectures: list[Architecture] = Field(default_factory=list)
+    max_price_per_cpu_hour: float | None = Field(default=None, ge=0)
+    providers: list[Did] = Field(
+        default_factory=list, description="Allowed provider DIDs; empty: any."
+    )
+
+
+class JobSpec(_Strict):
+    """A job as the consumer writes it (YAML or JSON)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    executor: Literal["process"] = "process"
+    command: list[Annotated[str, Field(max_length=4096)]] = Field(min_length=1, max_length=256)
+    env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict)
+    inputs: list[InputFile] = Field(default_factory=list, max_length=256)
+    outputs: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Files (relative paths) collected from the work directory after the run.",
+    )
+    resources: Resources = Field(default_factory=Resources)
+    constraints: Constraints = Field(default_factory=Constraints)
+    timeout_s: float = Field(default=60.0, gt=0, le=7 * 24 * 3600)
+    replicas: int = Field(default=1, ge=1, le=16)
+
+    @field_validator("outputs")
+    @classmethod
+    def _relative_outputs(cls, value: list[str]) -> list[str]:
+        return [check_relative_path(path) for path in value]
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENV_NAME_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+            if name.startswith(RESERVED_ENV_PREFIX):
+                raise ValueError(f"{name!r}: names starting {RESERVED_ENV_PREFIX} are reserved")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_input_paths(self) -> Self:
+        paths = [item.path for item in self.inputs]
+        duplicates = sorted({p for p in paths if paths.count(p) > 1})
+        if duplicates:
+            raise ValueError(f"input paths repeat: {', '.join(duplicates)}")
+        return self
+
+    def is_resolved(self) -> bool:
+        """True when every input is inline and content-addressed (ready to send)."""
+        return all(item.source is None and item.sha256 is not None for item in self.inputs)

@@ -1,0 +1,137 @@
+"""What providers and consumers exchange: advertisements, bids, contracts and results.
+
+Each of these travels as the payload of a signed envelope; contracts and results are also
+signed as documents of their own (``identity.documents``) so they can be stored and checked
+long after the envelope that carried them expired.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from computemesh.models.job import Did, JobSpec, Region
+
+HEX64 = r"^[0-9a-f]{64}$"
+ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuInfo(_Wire):
+    model: str = Field(max_length=128)
+    vram_mb: int = Field(ge=0)
+    vendor: str = Field(default="nvidia", max_length=32)
+
+
+class Hardware(_Wire):
+    """What a node has, as detected at start."""
+
+    cpu_count: int = Field(ge=1, le=4096)
+    architecture: str = Field(max_length=32)
+    memory_mb: int = Field(ge=1)
+    disk_mb: int = Field(ge=0)
+    gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
+
+
+class Capacity(_Wire):
+    """Resources not yet promised to a running allocation."""
+
+    cpu: float = Field(ge=0)
+    memory_mb: int = Field(ge=0)
+    disk_mb: int = Field(ge=0)
+    gpu_count: int = Field(ge=0)
+
+
+class Advertisement(_Wire):
+    """A provider's signed statement of what it offers; the sender DID is the provider."""
+
+    hardware: Hardware
+    region: Region
+    executors: list[str] = Field(max_length=16)
+    price_per_cpu_hour: float = Field(ge=0)
+    sandboxed: bool
+    free: Capacity
+    version: str = Field(max_length=32)
+
+
+class Heartbeat(_Wire):
+    seq: int = Field(ge=0)
+    free: Capacity
+    running: int = Field(ge=0)
+
+
+class BidRequest(_Wire):
+    """Broadcast by a consumer: who can run this job, and for how much?"""
+
+    request_id: str = Field(pattern=ID_PATTERN)
+    job_id: str = Field(pattern=ID_PATTERN)
+    spec: JobSpec
+
+
+class Bid(_Wire):
+    request_id: str = Field(pattern=ID_PATTERN)
+    job_id: str = Field(pattern=ID_PATTERN)
+    price_per_cpu_hour: float = Field(ge=0)
+    max_charge: float = Field(ge=0, description="price x cpu x timeout: the most this job costs.")
+    advertisement: Advertisement
+
+
+class BidRefusal(_Wire):
+    """A node's reason for not bidding, sent so the consumer can explain a "no"."""
+
+    request_id: str = Field(pattern=ID_PATTERN)
+    job_id: str = Field(pattern=ID_PATTERN)
+    reasons: list[str] = Field(max_length=32)
+
+
+class ContractTerms(_Wire):
+    """The agreement both sides sign: this provider runs this spec at this price."""
+
+    contract_id: str = Field(pattern=ID_PATTERN)
+    job_id: str = Field(pattern=ID_PATTERN)
+    consumer: Did
+    provider: Did
+    spec_sha256: str = Field(pattern=HEX64)
+    price_per_cpu_hour: float = Field(ge=0)
+    max_charge: float = Field(ge=0)
+    created_at_ms: int = Field(ge=0)
+
+
+class ResourceUsage(_Wire):
+    wall_s: float = Field(ge=0)
+    cpu_s: float = Field(ge=0)
+    max_rss_kb: int = Field(ge=0)
+
+
+class OutputFile(_Wire):
+    path: str = Field(max_length=255)
+    sha256: str = Field(pattern=HEX64)
+    size: int = Field(ge=0)
+    content_b64: str | None = Field(
+        default=None, description="The bytes, when small enough to travel with the result."
+    )
+
+
+ResultStatus = Literal["completed", "failed", "timeout", "killed", "rejected"]
+
+
+class JobResult(_Wire):
+    """What a provider signs after running an allocation."""
+
+    contract_id: str = Field(pattern=ID_PATTERN)
+    job_id: str = Field(pattern=ID_PATTERN)
+    provider: Did
+    status: ResultStatus
+    reason: str = Field(default="", max_length=2048)
+    exit_code: int | None
+    stdout: str = Field(max_length=1024 * 1024)
+    stderr: str = Field(max_length=1024 * 1024)
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    outputs: list[OutputFile] = Field(default_factory=list, max_length=256)
+    usage: ResourceUsage
+    finished_at_ms: int = Field(ge=0)
