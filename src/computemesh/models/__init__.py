@@ -1,0 +1,63 @@
+"""Pure data: specs, market messages, errors. Nothing here does I/O."""
+
+from computemesh.models.errors import (
+    EnvelopeRejected,
+    ExecutionError,
+    IdentityError,
+    MeshError,
+    NoProviderError,
+    RemoteError,
+    RequestTimeout,
+    SpecError,
+    TransportError,
+    VerificationError,
+)
+from computemesh.models.job import Constraints, InputFile, JobSpec, Resources, sha256_hex
+from computemesh.models.market import (
+    Advertisement,
+    Bid,
+    BidRefusal,
+    BidRequest,
+    Capacity,
+    ContractTerms,
+    GpuInfo,
+    Hardware,
+    Heartbeat,
+    JobResult,
+    OutputFile,
+    ResourceUsage,
+)
+from computemesh.models.validation import job_spec_schema, parse_job_spec, parse_model
+
+__all__ = [
+    "Advertisement",
+    "Bid",
+    "BidRefusal",
+    "BidRequest",
+    "Capacity",
+    "Constraints",
+    "ContractTerms",
+    "EnvelopeRejected",
+    "ExecutionError",
+    "GpuInfo",
+    "Hardware",
+    "Heartbeat",
+    "IdentityError",
+    "InputFile",
+    "JobResult",
+    "JobSpec",
+    "MeshError",
+    "NoProviderError",
+    "OutputFile",
+    "RemoteError",
+    "RequestTimeout",
+    "ResourceUsage",
+    "Resources",
+    "SpecError",
+    "TransportError",
+    "VerificationError",
+    "job_spec_schema",
+    "parse_job_spec",
+    "parse_model",
+    "sha256_hex",
+]

@@ -1,0 +1,3 @@
+from computemesh.cli.main import app
+
+app(prog_name="cmesh")

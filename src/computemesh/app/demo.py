@@ -1,0 +1,155 @@
+"""`cmesh demo`: a local mesh doing real work end to end, then torn down.
+
+Brings up NATS and N provider processes under ``<home>/demo``, submits M jobs cycled from
+``examples/``, waits for every signed result, verifies each and checks its outputs against
+``examples/expected.json``, then stops the mesh (also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from computemesh.app.consumer import consumer_session
+from computemesh.app.home import MeshHome
+from computemesh.app.localmesh import mesh_down, mesh_up
+from computemesh.models.errors import MeshError
+from computemesh.models.job import JobSpec
+from computemesh.orchestrator import Orchestrator
+from computemesh.orchestrator.specfile import load_job_spec
+from computemesh.store import JobRecord
+
+EXPECTED_FILE = "expected.json"
+
+Progress = Callable[[JobRecord], None]
+
+
+def find_examples_dir(explicit: Path | None = None) -> Path:
+    """``explicit``, else ./examples, else the examples beside this source tree."""
+    candidates = [explicit] if explicit else [Path.cwd() / "examples"]
+    candidates.append(Path(__file__).resolve().parents[3] / "examples")
+    for candidate in candidates:
+        if candidate is not None and (candidate / EXPECTED_FILE).is_file():
+            return candidate
+    raise MeshError(
+        "cannot find the examples directory", hint="run from the repository or pass --examples"
+    )
+
+
+@dataclass(frozen=True)
+class ExampleJob:
+    spec_file: str
+    spec: JobSpec
+    expected: dict[str, str]
+
+
+def load_examples(directory: Path) -> list[ExampleJob]:
+    expected = json.loads((directory / EXPECTED_FILE).read_text())
+    return [
+        ExampleJob(spec_file=name, spec=load_job_spec(directory / name), expected=outputs)
+        for name, outputs in sorted(expected.items())
+    ]
+
+
+def outputs_match(record: JobRecord, expected: dict[str, str]) -> bool:
+    """True when every verified result has exactly the expected output hashes."""
+    if not record.results:
+        return False
+    for document in record.results:
+        produced = {item["path"]: item["sha256"] for item in document["body"]["outputs"]}
+        if produced != expected:
+            return False
+    return True
+
+
+@dataclass
+class DemoReport:
+    nodes: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "submitted": len(self.rows),
+            "completed": sum(row["status"] == "completed" for row in self.rows),
+            "verified": sum(bool(row["verified"]) for row in self.rows),
+            "correct": sum(bool(row["correct"]) for row in self.rows),
+            "failed": sum(row["status"] != "completed" for row in self.rows),
+            "wall_s": round(self.wall_s, 3),
+            "jobs": self.rows,
+        }
+
+
+async def _run_one(
+    orchestrator: Orchestrator, example: ExampleJob, progress: Progress | None
+) -> dict[str, Any]:
+    record = await orchestrator.run(example.spec)
+    if progress is not None:
+        progress(record)
+    provider = record.contracts[0]["terms"]["provider"] if record.contracts else None
+    return {
+        "job_id": record.job_id,
+        "example": example.spec_file,
+        "status": record.status,
+        "verified": bool(record.verified),
+        "correct": record.status == "completed" and outputs_match(record, example.expected),
+        "provider": provider,
+        "reason": record.reason,
+        "seconds": round(record.updated_at - record.created_at, 3),
+    }
+
+
+async def run_jobs(
+    orchestrator: Orchestrator,
+    examples: list[ExampleJob],
+    count: int,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    chosen = [examples[index % len(examples)] for index in range(count)]
+    return list(
+        await asyncio.gather(*(_run_one(orchestrator, example, progress) for example in chosen))
+    )
+
+
+def run_demo(
+    home: MeshHome,
+    *,
+    nodes: int,
+    jobs: int,
+    examples_dir: Path | None = None,
+    sandbox: bool = True,
+    progress: Progress | None = None,
+    on_mesh_up: Callable[[dict[str, Any]], None] | None = None,
+) -> DemoReport:
+    examples = load_examples(find_examples_dir(examples_dir))
+    demo_home = MeshHome(home.root / "demo")
+    mesh_down(demo_home)
+    state = mesh_up(demo_home, nodes=nodes, sandbox=sandbox)
+    if on_mesh_up is not None:
+        on_mesh_up(state)
+    report = DemoReport(nodes=nodes)
+    try:
+        started = time.monotonic()
+        report.rows = asyncio.run(_demo_session(demo_home, state, examples, jobs, progress))
+        report.wall_s = time.monotonic() - started
+    finally:
+        mesh_down(demo_home)
+    return report
+
+
+async def _demo_session(
+    home: MeshHome,
+    state: dict[str, Any],
+    examples: list[ExampleJob],
+    jobs: int,
+    progress: Progress | None,
+) -> list[dict[str, Any]]:
+    async with consumer_session(home, state["nats_url"]) as orchestrator:
+        await orchestrator.discover(window_s=0.5)
+        return await run_jobs(orchestrator, examples, jobs, progress)

@@ -1,0 +1,77 @@
+"""Composition root of a provider node process (`cmesh node start`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+from computemesh.actor import Actor, Supervisor
+from computemesh.app.home import READY_FILE
+from computemesh.executor import ProcessExecutor
+from computemesh.executor.base import Executor
+from computemesh.identity import load_or_create_identity
+from computemesh.models.errors import ExecutionError
+from computemesh.node.hardware import detect_hardware
+from computemesh.node.provider import ProviderNode
+from computemesh.node.settings import NodeSettings
+from computemesh.store import AllocationRepository, open_database, sqlite_url
+from computemesh.transport import NatsTransport, Transport
+
+log = logging.getLogger(__name__)
+
+
+def build_executor(settings: NodeSettings) -> Executor | None:
+    """The process executor, or None (the node then refuses every job) without a sandbox."""
+    try:
+        return ProcessExecutor(
+            sandbox=settings.sandbox, max_inline_output_bytes=settings.max_inline_output_bytes
+        )
+    except ExecutionError as exc:
+        log.error("refusing all jobs: %s", exc)
+        return None
+
+
+def build_node(settings: NodeSettings, transport: Transport) -> ProviderNode:
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    identity = load_or_create_identity(settings.home)
+    sessions = open_database(sqlite_url(settings.database_path))
+    return ProviderNode(
+        actor=Actor(identity=identity, transport=transport),
+        settings=settings,
+        hardware=detect_hardware(settings.work_root),
+        allocations=AllocationRepository(sessions),
+        executor=build_executor(settings),
+    )
+
+
+def _write_ready_file(home: Path, did: str) -> Path:
+    path = home / READY_FILE
+    path.write_text(json.dumps({"pid": os.getpid(), "did": did}))
+    return path
+
+
+async def run_node(settings: NodeSettings, nats_url: str) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+    transport = await NatsTransport.connect(nats_url, name=f"cmesh-node:{settings.home.name}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    supervisor = Supervisor()
+    try:
+        node = build_node(settings, transport)
+        await node.run(supervisor)
+        ready = _write_ready_file(settings.home, node.did)
+        try:
+            await stop.wait()
+        finally:
+            log.info("node %s shutting down", node.did)
+            ready.unlink(missing_ok=True)
+            await supervisor.stop()
+            await node.stop()
+    finally:
+        await transport.close()

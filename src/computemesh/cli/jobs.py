@@ -1,0 +1,146 @@
+"""`cmesh submit`, `jobs`, `result` and `schema`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from computemesh.app.consumer import consumer_session, open_jobs
+from computemesh.app.home import MeshHome
+from computemesh.cli.context import home_of
+from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
+from computemesh.models.validation import job_spec_schema
+from computemesh.orchestrator.specfile import load_job_spec
+from computemesh.store import JobRecord
+
+NatsOption = typer.Option(None, "--nats", help="NATS URL of the mesh (default: the local mesh).")
+
+
+def job_view(record: JobRecord) -> dict[str, Any]:
+    """A job as `--json` prints it: status, providers, and each signed result's essentials."""
+    return {
+        "job_id": record.job_id,
+        "name": record.name,
+        "status": record.status,
+        "verified": record.verified,
+        "reason": record.reason,
+        "providers": [contract["terms"]["provider"] for contract in record.contracts],
+        "results": [document["body"] for document in record.results],
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+def print_job(record: JobRecord) -> None:
+    verified = {True: "verified", False: "NOT verified", None: "not verified yet"}
+    console.print(
+        f"job {record.job_id} ({record.name}): {record.status}, {verified[record.verified]}",
+        highlight=False,
+    )
+    if record.reason:
+        console.print(f"  reason: {record.reason}", highlight=False)
+    for document in record.results:
+        body = document["body"]
+        console.print(
+            f"  provider {short(body['provider'])}: {body['status']} exit {body['exit_code']}"
+            f" in {body['usage']['wall_s']:.2f}s",
+            highlight=False,
+        )
+        for output in body["outputs"]:
+            console.print(f"    {output['path']}  sha256 {output['sha256']}", highlight=False)
+        if body["stdout"]:
+            console.print("  stdout: " + body["stdout"].rstrip()[-2000:], highlight=False)
+        if body["stderr"]:
+            console.print("  stderr: " + body["stderr"].rstrip()[-2000:], highlight=False)
+
+
+async def _submit(home: MeshHome, url: str, spec_path: Path, wait: bool) -> JobRecord:
+    spec = load_job_spec(spec_path)
+    async with consumer_session(home, url) as orchestrator:
+        await orchestrator.discover(window_s=0.3)
+        job_id = orchestrator.submit(spec)
+        err_console.print(f"job {job_id} submitted; collecting bids ...")
+        await orchestrator.place(job_id)
+        if wait:
+            err_console.print("running; waiting for the signed result ...")
+            return await orchestrator.await_outcome(job_id, timeout=spec.timeout_s + 30)
+        return orchestrator.jobs.get(job_id)
+
+
+def submit(
+    ctx: typer.Context,
+    spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Job spec (YAML/JSON)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the verified result."),
+    nats: str | None = NatsOption,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Submit a job: bid, contract and run it on the best provider."""
+    with reported_errors(as_json=as_json):
+        home = home_of(ctx)
+        record = asyncio.run(_submit(home, home.nats_url(nats), spec, wait))
+        if as_json:
+            emit_json(job_view(record))
+        else:
+            print_job(record)
+        if record.status in {"failed", "no_provider"}:
+            raise typer.Exit(1)
+
+
+def jobs(
+    ctx: typer.Context,
+    limit: int = typer.Option(50, "--limit", min=1, max=10_000),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List this home's jobs, newest first."""
+    with reported_errors(as_json=as_json):
+        records = open_jobs(home_of(ctx)).list(limit=limit)
+        if as_json:
+            emit_json([job_view(record) for record in records])
+            return
+        table = Table(title=f"{len(records)} job(s)")
+        for column in ("job", "name", "status", "verified", "provider"):
+            table.add_column(column)
+        for record in records:
+            provider = record.contracts[0]["terms"]["provider"] if record.contracts else None
+            table.add_row(
+                record.job_id, record.name, record.status,
+                {True: "yes", False: "no", None: "-"}[record.verified], short(provider),
+            )
+        console.print(table)
+
+
+async def _fetch(home: MeshHome, url: str, job_id: str) -> JobRecord:
+    async with consumer_session(home, url) as orchestrator:
+        return await orchestrator.fetch_results(job_id)
+
+
+def result(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., help="Job id (or a unique prefix)."),
+    nats: str | None = NatsOption,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show a job's verified result, fetching it from its provider if not here yet."""
+    with reported_errors(as_json=as_json):
+        home = home_of(ctx)
+        record = open_jobs(home).find(job_id)
+        if not record.is_final and record.contracts:
+            record = asyncio.run(_fetch(home, home.nats_url(nats), record.job_id))
+        if as_json:
+            emit_json(job_view(record))
+        else:
+            print_job(record)
+
+
+schema_app = typer.Typer(help="Published JSON Schemas.", no_args_is_help=True)
+
+
+@schema_app.command("job")
+def schema_job() -> None:
+    """Print the JSON Schema of the job spec."""
+    print(json.dumps(job_spec_schema(), indent=2))

@@ -1,0 +1,130 @@
+"""`cmesh up`, `down`, `status` and `node start`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from computemesh.app.consumer import consumer_session
+from computemesh.app.home import MeshHome
+from computemesh.app.localmesh import mesh_down, mesh_up
+from computemesh.app.logs import configure_logging
+from computemesh.app.provider import run_node
+from computemesh.cli.context import home_of
+from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
+from computemesh.models.errors import SpecError
+from computemesh.node.settings import NodeSettings
+
+NatsOption = typer.Option(None, "--nats", help="NATS URL of the mesh (default: the local mesh).")
+
+
+def up(
+    ctx: typer.Context,
+    nodes: int = typer.Option(3, "--nodes", "-n", min=0, max=64, help="Provider processes."),
+    nats: str | None = typer.Option(None, "--nats", help="Join this NATS URL instead."),
+    region: list[str] = typer.Option([], "--region", help="Regions to cycle through."),
+    insecure_no_sandbox: bool = typer.Option(
+        False, "--insecure-no-sandbox", help="Run jobs without bubblewrap (unsafe)."
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Start a local mesh in the background: nats-server plus N provider nodes."""
+    with reported_errors(as_json=as_json):
+        home = home_of(ctx)
+        if not as_json:
+            err_console.print(f"starting a mesh of {nodes} node(s) in {home.mesh_dir} ...")
+        state = mesh_up(
+            home, nodes=nodes, nats_url=nats, regions=region or None,
+            sandbox=not insecure_no_sandbox,
+        )
+        if as_json:
+            emit_json(state)
+            return
+        console.print(f"mesh up at {state['nats_url']}", highlight=False)
+        for node in state["nodes"]:
+            console.print(
+                f"  {node['name']}  pid {node['pid']}  {node['region']}"
+                f"  {node['price_per_cpu_hour']}/cpu-h  {node['did']}",
+                highlight=False,
+            )
+        console.print("stop it with `cmesh down`")
+
+
+def down(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Stop the local mesh started by `cmesh up` (by process id)."""
+    with reported_errors(as_json=as_json):
+        outcome = mesh_down(home_of(ctx))
+        if as_json:
+            emit_json(outcome)
+        elif not outcome["was_running"]:
+            console.print("no mesh was running")
+        else:
+            console.print(f"stopped {', '.join(outcome['stopped']) or 'nothing still alive'}")
+
+
+async def _discover(home: MeshHome, nats_url: str, window_s: float) -> list[dict[str, Any]]:
+    async with consumer_session(home, nats_url) as orchestrator:
+        found = await orchestrator.discover(window_s=window_s)
+    return [{"did": did, **advert.model_dump(mode="json")} for did, advert in sorted(found.items())]
+
+
+def status(
+    ctx: typer.Context,
+    nats: str | None = NatsOption,
+    window: float = typer.Option(1.0, "--window", min=0.1, max=30, help="Seconds to listen."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List the nodes that answer on the mesh, with their resources and prices."""
+    with reported_errors(as_json=as_json):
+        home = home_of(ctx)
+        url = home.nats_url(nats)
+        nodes = asyncio.run(_discover(home, url, window))
+        if as_json:
+            emit_json({"nats_url": url, "nodes": nodes})
+            return
+        table = Table(title=f"{len(nodes)} node(s) on {url}")
+        for column in ("node", "region", "arch", "cpu free/total", "memory MB free",
+                       "gpus", "price/cpu-h", "sandboxed"):
+            table.add_column(column)
+        for node in nodes:
+            hardware, free = node["hardware"], node["free"]
+            table.add_row(
+                short(node["did"]), node["region"], hardware["architecture"],
+                f"{free['cpu']:g}/{hardware['cpu_count']}", str(free["memory_mb"]),
+                str(len(hardware["gpus"])), f"{node['price_per_cpu_hour']:g}",
+                "yes" if node["sandboxed"] else "NO",
+            )
+        console.print(table)
+
+
+node_app = typer.Typer(help="Run a provider node.", no_args_is_help=True)
+
+
+@node_app.command("start")
+def node_start(
+    ctx: typer.Context,
+    nats: str | None = NatsOption,
+    region: str = typer.Option("local", "--region", help="Region this node advertises."),
+    price: float = typer.Option(0.10, "--price", min=0, help="Price per cpu-hour."),
+    heartbeat: float = typer.Option(5.0, "--heartbeat", min=0.1, help="Heartbeat seconds."),
+    insecure_no_sandbox: bool = typer.Option(
+        False, "--insecure-no-sandbox", help="Run jobs without bubblewrap (unsafe)."
+    ),
+    log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line."),
+) -> None:
+    """Run a provider node in the foreground until Ctrl-C or SIGTERM."""
+    configure_logging(json_lines=log_json)
+    with reported_errors():
+        home = home_of(ctx)
+        try:
+            settings = NodeSettings(
+                home=Path(home.root), region=region, price_per_cpu_hour=price,
+                heartbeat_interval_s=heartbeat, sandbox=not insecure_no_sandbox,
+            )
+        except ValueError as exc:
+            raise SpecError(f"node settings are invalid: {exc}") from exc
+        asyncio.run(run_node(settings, home.nats_url(nats)))

@@ -1,0 +1,340 @@
+"""The provider node: advertises, bids, signs contracts, runs allocations, signs results.
+
+Handlers decode, call a plain function or the executor, and encode. Every allocation is
+written to the store before its contract is countersigned, and its signed result is stored
+before it is pushed to the consumer, so a consumer can always fetch it later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import time
+from typing import Any
+
+from computemesh import __version__
+from computemesh.actor import Actor, Inbound, Supervisor, behaviours
+from computemesh.executor import ExecutionRequest, ExecutionResult, SandboxLimits
+from computemesh.executor.base import Executor, run_to_completion
+from computemesh.matching import max_charge, unmet_requirements
+from computemesh.models.errors import MeshError, SpecError, VerificationError
+from computemesh.models.job import JobSpec
+from computemesh.models.market import (
+    Advertisement,
+    Bid,
+    BidRefusal,
+    BidRequest,
+    ContractTerms,
+    Hardware,
+    Heartbeat,
+    JobResult,
+    OutputFile,
+    ResourceUsage,
+)
+from computemesh.models.validation import parse_job_spec, parse_model
+from computemesh.node.capacity import CapacityLedger
+from computemesh.node.settings import NodeSettings
+from computemesh.protocol import check_proposal, countersign, sign_result, spec_digest
+from computemesh.store import AllocationRecord, AllocationRepository
+
+log = logging.getLogger(__name__)
+
+NO_SANDBOX_REASON = (
+    "this node has no sandbox (bubblewrap missing) and was not started with"
+    " --insecure-no-sandbox"
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ProviderNode:
+    def __init__(
+        self,
+        *,
+        actor: Actor,
+        settings: NodeSettings,
+        hardware: Hardware,
+        allocations: AllocationRepository,
+        executor: Executor | None,
+    ) -> None:
+        self.actor = actor
+        self.settings = settings
+        self.hardware = hardware
+        self.allocations = allocations
+        self.executor = executor
+        self.ledger = CapacityLedger.for_hardware(
+            hardware, memory_fraction=settings.memory_fraction
+        )
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._heartbeat_seq = 0
+        for behavior, handler in (
+            (behaviours.BID_REQUEST, self.on_bid_request),
+            (behaviours.DISCOVER, self.on_discover),
+            (behaviours.COMMIT, self.on_commit),
+            (behaviours.RESULT_FETCH, self.on_result_fetch),
+        ):
+            actor.register(behavior, handler)
+
+    @property
+    def did(self) -> str:
+        return self.actor.did
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reconcile_interrupted()
+        await self.actor.start()
+        await self.actor.join(behaviours.TOPIC_BID_REQUESTS)
+        await self.actor.join(behaviours.TOPIC_DISCOVER)
+        await self.publish_advertisement()
+        log.info("node %s up: %s", self.did, self.hardware.model_dump())
+
+    async def run(self, supervisor: Supervisor) -> None:
+        """Start, then keep the heartbeat and advertisement loops alive under ``supervisor``."""
+        await self.start()
+        supervisor.spawn("heartbeat", self._heartbeat_loop)
+        supervisor.spawn("advertise", self._advertise_loop)
+
+    async def stop(self) -> None:
+        for task in list(self._runs.values()):
+            task.cancel()
+        await asyncio.gather(*self._runs.values(), return_exceptions=True)
+        await self.actor.stop()
+
+    async def wait_idle(self) -> None:
+        await asyncio.gather(*self._runs.values(), return_exceptions=True)
+
+    # Advertising --------------------------------------------------------------------------
+
+    def advertisement(self) -> Advertisement:
+        return Advertisement(
+            hardware=self.hardware,
+            region=self.settings.region,
+            executors=["process"] if self.executor is not None else [],
+            price_per_cpu_hour=self.settings.price_per_cpu_hour,
+            sandboxed=self.settings.sandbox and self.executor is not None,
+            free=self.ledger.free(),
+            version=__version__,
+        )
+
+    async def publish_advertisement(self) -> None:
+        await self.actor.broadcast(
+            behaviours.TOPIC_ADVERTISEMENTS,
+            behaviours.ADVERTISEMENT,
+            self.advertisement().model_dump(mode="json"),
+        )
+
+    async def _advertise_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.advertise_interval_s)
+            await self.publish_advertisement()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            self._heartbeat_seq += 1
+            beat = Heartbeat(
+                seq=self._heartbeat_seq, free=self.ledger.free(), running=self.ledger.running
+            )
+            await self.actor.broadcast(
+                behaviours.TOPIC_HEARTBEATS, behaviours.HEARTBEAT, beat.model_dump(mode="json")
+            )
+
+    async def on_discover(self, inbound: Inbound) -> None:
+        await self.actor.send(
+            inbound.sender,
+            behaviours.ADVERTISEMENT,
+            self.advertisement().model_dump(mode="json"),
+        )
+
+    # Bidding ------------------------------------------------------------------------------
+
+    def refusal_reasons(self, spec: JobSpec) -> list[str]:
+        if self.executor is None:
+            return [NO_SANDBOX_REASON]
+        return unmet_requirements(spec, self.advertisement(), self.did)
+
+    async def on_bid_request(self, inbound: Inbound) -> None:
+        request = parse_model(BidRequest, inbound.payload, what="bid request")
+        reasons = self.refusal_reasons(request.spec)
+        if reasons:
+            refusal = BidRefusal(
+                request_id=request.request_id, job_id=request.job_id, reasons=reasons
+            )
+            await self.actor.send(
+                inbound.sender, behaviours.BID_REFUSAL, refusal.model_dump(mode="json")
+            )
+            return
+        price = self.settings.price_per_cpu_hour
+        bid = Bid(
+            request_id=request.request_id,
+            job_id=request.job_id,
+            price_per_cpu_hour=price,
+            max_charge=max_charge(request.spec, price),
+            advertisement=self.advertisement(),
+        )
+        await self.actor.send(inbound.sender, behaviours.BID, bid.model_dump(mode="json"))
+
+    # Contracts ----------------------------------------------------------------------------
+
+    async def on_commit(self, inbound: Inbound) -> dict[str, Any]:
+        """Check a signed proposal, reserve capacity, store, countersign, start the run."""
+        terms = check_proposal(
+            inbound.payload.get("proposal"), sender=inbound.sender, provider=self.did
+        )
+        existing = self.allocations.get(terms.contract_id)
+        if existing is not None:
+            return {"contract": existing.contract}
+        spec = self._spec_for(terms, inbound.payload.get("spec"))
+        reasons = self.refusal_reasons(spec)
+        if reasons:
+            raise MeshError("; ".join(reasons), code="cannot_run", retryable=True)
+        if terms.price_per_cpu_hour < self.settings.price_per_cpu_hour:
+            raise MeshError("contract price is below this node's price", code="price_too_low")
+        if not self.ledger.reserve(terms.contract_id, spec.resources):
+            raise MeshError("capacity was taken meanwhile", code="no_capacity", retryable=True)
+        contract = countersign(self.actor.identity, inbound.payload["proposal"])
+        self.allocations.accept(
+            contract_id=terms.contract_id,
+            job_id=terms.job_id,
+            consumer=terms.consumer,
+            spec=spec.model_dump(mode="json"),
+            contract=contract,
+        )
+        self._runs[terms.contract_id] = asyncio.create_task(self._run_allocation(terms, spec))
+        log.info("accepted contract %s for job %s", terms.contract_id, terms.job_id)
+        return {"contract": contract}
+
+    @staticmethod
+    def _spec_for(terms: ContractTerms, data: object) -> JobSpec:
+        spec = parse_job_spec(data)
+        if spec_digest(spec) != terms.spec_sha256:
+            raise VerificationError("the spec sent is not the spec the contract names")
+        if not spec.is_resolved():
+            raise SpecError("every input must be inline and carry its sha256")
+        return spec
+
+    # Running ------------------------------------------------------------------------------
+
+    async def _run_allocation(self, terms: ContractTerms, spec: JobSpec) -> None:
+        assert self.executor is not None
+        self.allocations.set_status(terms.contract_id, "running")
+        try:
+            outcome = await run_to_completion(
+                self.executor, self._execution_request(terms, spec), self.settings.work_root
+            )
+            result = self._job_result(terms, outcome)
+        except MeshError as exc:
+            result = self._failure(terms, f"{exc.code}: {exc.message}")
+        except Exception as exc:
+            log.exception("allocation %s failed to run", terms.contract_id)
+            result = self._failure(terms, f"internal error: {exc}")
+        finally:
+            self.ledger.release(terms.contract_id)
+        await self._deliver(terms, result)
+        self._runs.pop(terms.contract_id, None)
+
+    def _execution_request(self, terms: ContractTerms, spec: JobSpec) -> ExecutionRequest:
+        inputs = [(item.path, item.inline_bytes() or b"", item.executable) for item in spec.inputs]
+        limits = SandboxLimits(
+            wall_time_s=spec.timeout_s,
+            cpu_time_s=max(1.0, math.ceil(spec.timeout_s * spec.resources.cpu)),
+            memory_mb=spec.resources.memory_mb,
+            max_processes=self.settings.max_processes,
+            max_file_mb=spec.resources.disk_mb,
+            max_output_bytes=self.settings.max_output_bytes,
+        )
+        return ExecutionRequest(
+            job_id=terms.job_id,
+            command=list(spec.command),
+            env=dict(spec.env),
+            inputs=inputs,
+            outputs=list(spec.outputs),
+            limits=limits,
+        )
+
+    def _job_result(self, terms: ContractTerms, outcome: ExecutionResult) -> JobResult:
+        outputs = [
+            OutputFile(
+                path=item.path,
+                sha256=item.sha256,
+                size=item.size,
+                content_b64=None if item.data is None else _b64(item.data),
+            )
+            for item in outcome.outputs
+        ]
+        return JobResult(
+            contract_id=terms.contract_id,
+            job_id=terms.job_id,
+            provider=self.did,
+            status=outcome.status,
+            reason=outcome.reason[:2048],
+            exit_code=outcome.exit_code,
+            stdout=outcome.stdout.decode("utf-8", errors="replace"),
+            stderr=outcome.stderr.decode("utf-8", errors="replace"),
+            stdout_truncated=outcome.stdout_truncated,
+            stderr_truncated=outcome.stderr_truncated,
+            outputs=outputs,
+            usage=outcome.usage,
+            finished_at_ms=now_ms(),
+        )
+
+    def _failure(self, terms: ContractTerms, reason: str) -> JobResult:
+        return JobResult(
+            contract_id=terms.contract_id,
+            job_id=terms.job_id,
+            provider=self.did,
+            status="failed",
+            reason=reason[:2048],
+            exit_code=None,
+            stdout="",
+            stderr="",
+            usage=ResourceUsage(wall_s=0.0, cpu_s=0.0, max_rss_kb=0),
+            finished_at_ms=now_ms(),
+        )
+
+    async def _deliver(self, terms: ContractTerms, result: JobResult) -> None:
+        signed = sign_result(self.actor.identity, result)
+        self.allocations.finish(terms.contract_id, signed)
+        log.info(
+            "allocation %s %s (%s) in %.2fs",
+            terms.contract_id,
+            result.status,
+            result.reason or f"exit {result.exit_code}",
+            result.usage.wall_s,
+        )
+        try:
+            await self.actor.send(terms.consumer, behaviours.RESULT, {"result": signed})
+        except MeshError as exc:
+            log.warning("could not push result %s: %s; it stays fetchable", terms.job_id, exc)
+
+    async def reconcile_interrupted(self) -> None:
+        """Allocations a previous run of this node left unfinished end as signed failures."""
+        for record in self.allocations.unfinished():
+            terms = parse_model(ContractTerms, record.contract["terms"], what="contract terms")
+            signed = sign_result(
+                self.actor.identity, self._failure(terms, "the node restarted during the run")
+            )
+            self.allocations.finish(record.contract_id, signed)
+            log.warning("allocation %s was interrupted by a restart", record.contract_id)
+
+    # Fetching -----------------------------------------------------------------------------
+
+    async def on_result_fetch(self, inbound: Inbound) -> dict[str, Any]:
+        contract_id = inbound.payload.get("contract_id")
+        record = self.allocations.get(contract_id) if isinstance(contract_id, str) else None
+        if record is None or record.consumer != inbound.sender:
+            raise MeshError("no such allocation for you here", code="unknown_allocation")
+        return _fetch_reply(record)
+
+
+def _fetch_reply(record: AllocationRecord) -> dict[str, Any]:
+    return {"status": record.status, "result": record.result}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
