@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -106,8 +107,9 @@ def test_a_server_that_cannot_start_reports_its_log_and_is_gone(tmp_path: Path) 
 
 
 async def test_client_reconnects_after_server_restart_on_same_port(
-    tmp_path: Path, servers: list[NatsServerInfo]
+    tmp_path: Path, servers: list[NatsServerInfo], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="computemesh.transport.nats")
     store, port = tmp_path / "nats", free_port()
     servers.append(start_nats_server(store, port=port))
     requester = await NatsTransport.connect(f"nats://127.0.0.1:{port}", reconnect_time_wait=0.25)
@@ -125,6 +127,8 @@ async def test_client_reconnects_after_server_restart_on_same_port(
         servers.append(await asyncio.to_thread(start_nats_server, store, port=port))
 
         assert await request_until_answered(requester, b"after") == b"after"
+        assert await logged(caplog, "disconnected from NATS")
+        assert await logged(caplog, "reconnected to NATS")
     finally:
         await requester.close()
         await responder.close()
@@ -140,3 +144,12 @@ async def request_until_answered(transport: NatsTransport, data: bytes) -> bytes
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+async def logged(caplog: pytest.LogCaptureFixture, prefix: str) -> bool:
+    """Whether a record starting with ``prefix`` is logged within a few seconds."""
+    for _ in range(50):
+        if any(record.getMessage().startswith(prefix) for record in caplog.records):
+            return True
+        await asyncio.sleep(0.1)
+    return False

@@ -11,6 +11,7 @@ import pytest
 
 from computemesh.actor import Actor, behaviours
 from computemesh.identity import Identity
+from computemesh.models.errors import VerificationError
 from computemesh.models.job import JobSpec
 from computemesh.models.market import Hardware, JobResult, ResourceUsage
 from computemesh.node.provider import ProviderNode
@@ -159,5 +160,5 @@ async def test_tampered_output_fails_verification(mesh: Mesh) -> None:
     body = dict(stored.result["body"])
     body["outputs"] = [{**body["outputs"][0], "content_b64": base64.b64encode(b"fake").decode()}]
     tampered = sign_result(provider.actor.identity, JobResult.model_validate(body))
-    with pytest.raises(Exception, match="does not match its signed sha256"):
+    with pytest.raises(VerificationError, match="does not match its signed sha256"):
         mesh.orchestrator.accept_result(job_id, tampered)

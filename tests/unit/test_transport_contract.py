@@ -16,6 +16,7 @@ from computemesh.transport import (
     Message,
     NatsServerInfo,
     NatsTransport,
+    Subscription,
     Transport,
     start_nats_server,
     stop_process,
@@ -116,7 +117,6 @@ class TestTransportContract:
         await first.subscribe("fan.out", inboxes[0])
         await first.subscribe("fan.out", inboxes[1])
         await second.subscribe("fan.out", inboxes[2])
-        await flushed(first, second)
 
         for index in range(5):
             await publisher.publish("fan.out", b"%d" % index)
@@ -132,7 +132,6 @@ class TestTransportContract:
         await subscriber.subscribe("jobs.*", one_token)
         await subscriber.subscribe("jobs.>", tail)
         await subscriber.subscribe("jobs.*.done", middle)
-        await flushed(subscriber)
 
         for subject in ("jobs.a", "jobs.a.done", "jobs.a.b.c", "other.a", "jobs"):
             await publisher.publish(subject, subject.encode())
@@ -152,7 +151,6 @@ class TestTransportContract:
         await first.subscribe("work.items", members[1], queue="workers")
         await second.subscribe("work.items", members[2], queue="workers")
         await second.subscribe("work.items", plain)
-        await flushed(first, second)
 
         sent = [b"item-%d" % index for index in range(20)]
         for payload in sent:
@@ -172,7 +170,6 @@ class TestTransportContract:
             await responder.respond(message, b"echo:" + message.data)
 
         await responder.subscribe("svc.echo", respond)
-        await flushed(responder)
 
         assert await requester.request("svc.echo", b"hello", timeout=WAIT_S) == b"echo:hello"
         assert await requester.request("svc.echo", b"again", timeout=WAIT_S) == b"echo:again"
@@ -182,7 +179,6 @@ class TestTransportContract:
     async def test_request_timeout_raises_request_timeout(self, connect: Connect) -> None:
         requester, silent = await connect(), await connect()
         await silent.subscribe("svc.silent", Inbox())
-        await flushed(silent)
 
         with pytest.raises(RequestTimeout) as caught:
             await requester.request("svc.silent", b"anyone?", timeout=0.3)
@@ -203,7 +199,6 @@ class TestTransportContract:
         inbox, witness = Inbox(), Inbox()
         subscription = await subscriber.subscribe("news.today", inbox)
         await subscriber.subscribe("news.>", witness)
-        await flushed(subscriber)
         await publisher.publish("news.today", b"before")
         await inbox.wait_for(1)
 
@@ -219,14 +214,13 @@ class TestTransportContract:
     async def test_handler_may_unsubscribe_itself(self, connect: Connect) -> None:
         publisher, subscriber = await connect(), await connect()
         finished = Inbox()
-        handles = []
+        handles: list[Subscription] = []
 
         async def once(message: Message) -> None:
             await handles[0].unsubscribe()
             await finished(message)
 
         handles.append(await subscriber.subscribe("once.only", once))
-        await flushed(subscriber)
         await publisher.publish("once.only", b"1")
 
         assert await finished.wait_for(1) == [b"1"]
@@ -238,7 +232,6 @@ class TestTransportContract:
         publisher, subscriber = await connect(), await connect()
         inbox = Inbox()
         await subscriber.subscribe("big.data", inbox)
-        await flushed(subscriber)
         too_big = b"x" * (publisher.max_payload + 1)
 
         with pytest.raises(TransportError) as on_publish:
@@ -263,7 +256,6 @@ class TestTransportContract:
             await survived(message)
 
         await subscriber.subscribe("fragile.topic", fragile)
-        await flushed(subscriber)
         with caplog.at_level(logging.ERROR, logger="computemesh.transport"):
             for payload in (b"boom", b"fine", b"boom", b"still fine"):
                 await publisher.publish("fragile.topic", payload)
@@ -283,7 +275,6 @@ class TestTransportContract:
 
         await subscriber.subscribe("busy.lane", stuck)
         await subscriber.subscribe("busy.lane", fast)
-        await flushed(subscriber)
         try:
             for index in range(3):
                 await publisher.publish("busy.lane", b"%d" % index)
@@ -323,6 +314,7 @@ class TestTransportContract:
             transport.publish("closing.soon", b"x"),
             transport.request("closing.soon", b"x", timeout=1.0),
             transport.subscribe("closing.soon", Inbox()),
+            transport.flush(),
         ):
             with pytest.raises(TransportError) as caught:
                 await attempt

@@ -98,7 +98,7 @@ def jobs(
 ) -> None:
     """List this home's jobs, newest first."""
     with reported_errors(as_json=as_json):
-        records = open_jobs(home_of(ctx)).list(limit=limit)
+        records = open_jobs(home_of(ctx)).recent(limit=limit)
         if as_json:
             emit_json([job_view(record) for record in records])
             return

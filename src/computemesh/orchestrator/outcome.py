@@ -33,26 +33,26 @@ def judge_outcome(record: JobRecord, documents: list[Any]) -> Outcome:
     """Verify every document against the job's contracts and decide where the job stands.
 
     A document that fails verification, or names a contract this job does not have, is
-    reported in ``rejected`` and leaves the stored results as they were.
+    reported in ``rejected`` and leaves the stored results as they were. The first valid
+    result per contract is kept; later ones are still verified, then ignored.
     """
     spec = parse_job_spec(record.spec)
     contracts: dict[str, ContractTerms] = {}
     for contract in record.contracts:
-        terms = verify_contract(contract)
-        contracts[terms.contract_id] = terms
+        signed = verify_contract(contract)
+        contracts[signed.contract_id] = signed
     accepted: dict[str, tuple[dict[str, Any], JobResult]] = {}
     for document in documents:
         body = document.get("body") if isinstance(document, dict) else None
         contract_id = body.get("contract_id") if isinstance(body, dict) else None
-        terms = contracts.get(contract_id) if isinstance(contract_id, str) else None
-        if terms is None:
+        found = contracts.get(contract_id) if isinstance(contract_id, str) else None
+        if found is None:
             return _rejected(record, "result for a contract this job does not have")
-        if contract_id in accepted:
-            continue
         try:
-            accepted[terms.contract_id] = (document, verify_result(document, terms=terms, spec=spec))
+            result = verify_result(document, terms=found, spec=spec)
         except MeshError as exc:
             return _rejected(record, exc.message)
+        accepted.setdefault(found.contract_id, (document, result))
     return _judge(spec.replicas, contracts, accepted)
 
 

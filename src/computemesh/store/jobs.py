@@ -83,7 +83,7 @@ class JobRepository:
             raise UnknownJob(f"{what} matches {prefix!r}", hint="see `cmesh jobs`")
         return _record(rows[0])
 
-    def list(self, *, limit: int = 100) -> list[JobRecord]:
+    def recent(self, *, limit: int = 100) -> list[JobRecord]:
         with self._sessions() as session:
             rows = session.scalars(
                 select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)

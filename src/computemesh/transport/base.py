@@ -62,7 +62,9 @@ class Transport(Protocol):
       order. Different subscriptions never wait for each other, so a slow handler delays
       only its own subscription. A handler that does slow work must spawn a task for it.
     * An exception raised by a handler is logged and the next message is still delivered.
-    * A subscription is in force on the bus once ``flush`` returns after ``subscribe``.
+    * A subscription is in force on the bus when ``subscribe`` returns, unless the
+      transport is disconnected at the time: then it is once the connection is back.
+      ``flush`` returns once everything sent before it has reached the bus.
     * Once ``close`` has been called, ``publish``, ``subscribe`` and ``request`` raise
       ``TransportError(code="closed")``.
     """

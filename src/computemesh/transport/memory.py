@@ -17,6 +17,7 @@ from computemesh.transport.base import (
     INBOX_PREFIX,
     Message,
     MessageHandler,
+    Subscription,
     check_payload_size,
     closed_error,
     reply_subject,
@@ -144,6 +145,7 @@ class MemoryTransport:
 
     @property
     def max_payload(self) -> int:
+        """The payload limit this transport was created with."""
         return self._max_payload
 
     async def publish(self, subject: str, data: bytes) -> None:
@@ -155,7 +157,7 @@ class MemoryTransport:
 
     async def subscribe(
         self, subject: str, handler: MessageHandler, *, queue: str | None = None
-    ) -> _MemorySubscription:
+    ) -> Subscription:
         """See ``Transport.subscribe``. The subscription is in force when this returns."""
         self._check_open()
         validate_subject(subject, wildcards=True)

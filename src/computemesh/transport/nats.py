@@ -22,6 +22,7 @@ from computemesh.models.errors import RequestTimeout, TransportError
 from computemesh.transport.base import (
     Message,
     MessageHandler,
+    Subscription,
     check_payload_size,
     closed_error,
     reply_subject,
@@ -32,6 +33,8 @@ from computemesh.transport.dispatch import finish_tasks, pump
 
 log = logging.getLogger(__name__)
 
+SUBSCRIBE_CONFIRM_S = 2.0
+"""How long ``subscribe`` waits for the server to confirm a new subscription."""
 CONNECT_HINT = "check the URL and that nats-server runs there (a local mesh starts with `cmesh up`)"
 
 
@@ -138,8 +141,8 @@ class NatsTransport:
             self._connected = True
             log.info("connected to NATS at %s", self._server_name())
             return
+        cause = _failure_cause(connecting, failures)
         await self._abandon(connecting)
-        cause = failures[-1] if failures else None
         raise _connect_failed(servers, limit_s, cause) from cause
 
     async def _abandon(self, connecting: asyncio.Task[None]) -> None:
@@ -161,8 +164,8 @@ class NatsTransport:
 
     async def subscribe(
         self, subject: str, handler: MessageHandler, *, queue: str | None = None
-    ) -> _NatsSubscriptionHandle:
-        """See ``Transport.subscribe``. In force on the server once ``flush`` returns."""
+    ) -> Subscription:
+        """See ``Transport.subscribe``; confirmed with the server before returning."""
         self._check_open()
         validate_subject(subject, wildcards=True)
         if queue is not None:
@@ -173,7 +176,21 @@ class NatsTransport:
         worker = asyncio.create_task(self._work(handle, handler), name=f"nats-sub:{subject}")
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
+        await self._confirm(subject)
         return handle
+
+    async def _confirm(self, subject: str) -> None:
+        """Wait (bounded) until the server has the subscription, when connected.
+
+        Not getting the confirmation is no error: nats-py keeps the subscription and
+        renews it on every (re)connection.
+        """
+        if not self._nc.is_connected:
+            return
+        try:
+            await self.flush(SUBSCRIBE_CONFIRM_S)
+        except TransportError as exc:
+            log.debug("subscription to %s not confirmed yet: %s", subject, exc)
 
     async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:  # noqa: ASYNC109
         """See ``Transport.request``."""
@@ -191,12 +208,21 @@ class NatsTransport:
         await self._publish(reply_subject(message), data)
 
     async def flush(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        """See ``Transport.flush``: a PING/PONG round trip with the server."""
+        """See ``Transport.flush``: PING/PONG round trips with the server.
+
+        nats-py writes its PING straight to the socket, possibly ahead of commands still
+        queued for its flusher task, so one round trip does not prove those reached the
+        server. A second PING, sent after the first PONG (by when the flusher has written
+        what was queued before), does.
+        """
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         client: Any = self._nc
+        deadline = asyncio.get_running_loop().time() + timeout
         with _translated("flush", timeout=timeout):
             await client.flush(timeout)
+            remaining = deadline - asyncio.get_running_loop().time()
+            await client.flush(max(remaining, 0.001))
 
     async def close(self) -> None:
         """See ``Transport.close``: drains subscriptions and publishes, then disconnects.
@@ -247,7 +273,7 @@ class NatsTransport:
         return url.netloc.rpartition("@")[2] if url is not None else "?"
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("NATS: %s", exc or type(exc).__name__)
+        log.warning("NATS: %s", _describe(exc))
 
     async def _on_disconnected(self) -> None:
         if self._connected and not self._closing:
@@ -282,15 +308,30 @@ def _translated(action: str, *, timeout: float | None = None) -> Iterator[None]:
             code="disconnected",
         ) from exc
     except nats_errors.Error as exc:
-        raise TransportError(f"{action} failed: {exc or type(exc).__name__}") from exc
+        raise TransportError(f"{action} failed: {_describe(exc)}") from exc
+
+
+def _failure_cause(connecting: asyncio.Task[None], failures: list[Exception]) -> Exception | None:
+    """Why a connect attempt failed: its own error, else the last one it reported."""
+    if connecting.done() and not connecting.cancelled():
+        error = connecting.exception()
+        if isinstance(error, Exception):
+            return error
+    return failures[-1] if failures else None
 
 
 def _connect_failed(servers: list[str], timeout: float, cause: Exception | None) -> TransportError:
     where = ", ".join(_redact(server) for server in servers)
-    reason = f"{type(cause).__name__}: {cause}" if cause else f"no connection within {timeout}s"
+    reason = _describe(cause) if cause else f"no connection within {timeout}s"
     return TransportError(
         f"cannot connect to NATS at {where} ({reason})", code="connect_failed", hint=CONNECT_HINT
     )
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's type and message, for logs and error messages."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _redact(url: str) -> str:

@@ -45,10 +45,15 @@ class NatsServerInfo:
     @property
     def url(self) -> str:
         """The client URL; a wildcard listen address is reached via 127.0.0.1."""
-        host = "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
+        host = client_host(self.host)
         if ":" in host:
             host = f"[{host}]"
         return f"nats://{host}:{self.port}"
+
+
+def client_host(host: str) -> str:
+    """The address a client on this machine dials to reach a server listening on ``host``."""
+    return "127.0.0.1" if host in WILDCARD_HOSTS else host
 
 
 def find_nats_server() -> Path:
@@ -161,7 +166,7 @@ def is_process_alive(pid: int) -> bool:
 def _choose_port(host: str, port: int | None) -> int:
     if port is None:
         return free_port(host)
-    if _accepts(host, port):
+    if _accepts(client_host(host), port):
         raise TransportError(
             f"something already listens on {host}:{port}",
             code="port_in_use",
@@ -190,13 +195,18 @@ def _launch(command: list[str], log_file: Path) -> tuple[subprocess.Popen[bytes]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log_stream:
         offset = log_stream.tell()
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_stream,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_stream,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise TransportError(
+                f"cannot run {command[0]}: {exc}", code="nats_server_failed", retryable=False
+            ) from exc
     _children[process.pid] = process
     return process, offset
 
@@ -205,7 +215,7 @@ def _wait_until_ready(
     process: subprocess.Popen[bytes], info: NatsServerInfo, timeout: float, log_offset: int
 ) -> None:
     deadline = time.monotonic() + timeout
-    connect_host = "127.0.0.1" if info.host in WILDCARD_HOSTS else info.host
+    connect_host = client_host(info.host)
     while True:
         if process.poll() is not None:
             raise _start_failed(info, f"exited with status {process.returncode}", log_offset)

@@ -1,0 +1,417 @@
+"""The "process" executor: runs a job's command as a process tree, normally in bubblewrap.
+
+Isolation, by limit (details in ``sandbox``, ``launch`` and ``limits``):
+
+* file system, network, other processes: a bubblewrap sandbox (``sandbox.py``); the job
+  sees /usr and a few /etc entries read-only, its work dir at /work, private /tmp and
+  no network but its own loopback;
+* privileges: on root nodes the job runs under a host uid of its own (and as uid 1000
+  of a user namespace under bwrap), never as root; ``no_new_privs`` is set;
+* memory, CPU time, processes, open files, file size: rlimits set before exec;
+* wall time: enforced here; on timeout or ``stop`` the whole tree is killed: the
+  sandbox's init (which takes its pid namespace, hence every job process, with it) and
+  bwrap's process group; on root nodes every process left under the job's uid as well;
+* output: stdout and stderr are each kept up to ``max_output_bytes``; the rest is read
+  and dropped, so a job printing without end costs the node neither memory nor disk.
+
+``sandbox=False`` (nodes started with ``--insecure-no-sandbox``) runs the command
+directly in the work dir with the same rlimits, uid switch and process-group kill, but
+with the host's file system and network in view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from computemesh.executor.base import (
+    CollectedOutput,
+    ExecutionHandle,
+    ExecutionRequest,
+    ExecutionResult,
+)
+from computemesh.executor.launch import (
+    STAGING_MOUNTPOINT,
+    JobUidPool,
+    LaunchPlan,
+    can_switch_uid,
+    kill_uid_processes,
+    make_preexec,
+    reachable_by_others,
+    user_task_count,
+)
+from computemesh.executor.limits import SANDBOX_OVERHEAD_PROCESSES, rlimits_for
+from computemesh.executor.outcome import classify, decode_wait_status
+from computemesh.executor.sandbox import (
+    HostLayout,
+    SandboxConfig,
+    build_bwrap_argv,
+    detect_host_layout,
+    find_bwrap,
+    sandbox_env,
+    synthetic_etc_files,
+    tmpfs_bytes_for,
+)
+from computemesh.executor.streams import CappedReader, ChildExit, ExitWatch
+from computemesh.executor.workdir import (
+    check_env,
+    checked_relative_path,
+    collect_outputs,
+    create_job_dir,
+    remove_tree,
+    write_inputs,
+)
+from computemesh.models.errors import ExecutionError
+from computemesh.models.market import ResourceUsage
+
+SANDBOX_MISSING_HINT = "install bubblewrap or start the node with --insecure-no-sandbox"
+SANDBOX_START_TIMEOUT_S = 10.0
+DRAIN_GRACE_S = 2.0
+STOP_TIMEOUT_S = 10.0
+
+_JOB_UIDS = JobUidPool()
+
+
+class _Run:
+    """A launched job: its process, pipes and exit watch, and how it was ended."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], fds: dict[str, int], cap: int) -> None:
+        self.popen = popen
+        self.started = time.monotonic()
+        self.stdout = CappedReader(fds["stdout"], cap)
+        self.stderr = CappedReader(fds["stderr"], cap)
+        self.info = CappedReader(fds["info"], 64 * 1024) if "info" in fds else None
+        self.exit = ExitWatch(popen.pid, self.kill_tree)
+        self.exit.future.add_done_callback(self._record_exit)
+        self.init_pidfd: int | None = None
+        self.timed_out = False
+        self.stopped = False
+        self.result: ExecutionResult | None = None
+
+    def _record_exit(self, future: asyncio.Future[ChildExit]) -> None:
+        if not future.cancelled():
+            self.popen.returncode = os.waitstatus_to_exitcode(future.result().status)
+
+    @property
+    def exited(self) -> bool:
+        return self.exit.future.done()
+
+    def kill_tree(self) -> None:
+        """SIGKILL the sandbox's init (and so its pid namespace) and the process group."""
+        if self.init_pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
+        if not self.exited:
+            with contextlib.suppress(OSError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        for reader in (self.stdout, self.stderr, self.info):
+            if reader is not None:
+                reader.close()
+        self.exit.close()
+        if self.init_pidfd is not None:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
+
+
+class ProcessExecutor:
+    """Runs jobs as local process trees; see the module docstring for the isolation.
+
+    Raises ExecutionError (code "sandbox_missing") when ``sandbox`` is True and no
+    bubblewrap executable is found. Outputs up to ``max_inline_output_bytes`` come back
+    with their bytes.
+    """
+
+    name: str = "process"
+
+    def __init__(
+        self,
+        *,
+        sandbox: bool = True,
+        bwrap_path: str | None = None,
+        max_inline_output_bytes: int = 256 * 1024,
+    ) -> None:
+        self.sandbox = sandbox
+        self.max_inline_output_bytes = max_inline_output_bytes
+        self.bwrap: str | None = None
+        self._layout: HostLayout | None = None
+        if sandbox:
+            self.bwrap = find_bwrap(bwrap_path)
+            if self.bwrap is None:
+                raise ExecutionError(
+                    "bubblewrap (bwrap) was not found",
+                    code="sandbox_missing",
+                    hint=SANDBOX_MISSING_HINT,
+                )
+            self._layout = detect_host_layout()
+        self._runs: dict[ExecutionHandle, _Run] = {}
+
+    async def prepare(self, request: ExecutionRequest, work_root: Path) -> ExecutionHandle:
+        _check_request(request)
+        uid = _JOB_UIDS.acquire() if can_switch_uid() else None
+        try:
+            job_dir, work_dir = await asyncio.to_thread(_make_work_dir, request, work_root, uid)
+        except BaseException:
+            if uid is not None:
+                _JOB_UIDS.release(uid)
+            raise
+        return ExecutionHandle(request, job_dir=job_dir, work_dir=work_dir, run_as_uid=uid)
+
+    async def start(self, handle: ExecutionHandle) -> None:
+        if handle.state != "prepared" or handle.stop_requested:
+            raise ExecutionError(f"cannot start a job that is {handle.state}", code="invalid_state")
+        run = self._launch(handle)
+        self._runs[handle] = run
+        handle.state = "running"
+        if run.info is not None:
+            await self._await_sandbox(handle, run)
+
+    async def wait(self, handle: ExecutionHandle) -> ExecutionResult:
+        run = self._runs.get(handle)
+        if run is None or handle.state not in ("running", "finished"):
+            raise ExecutionError(
+                f"no run to wait for (job is {handle.state})", code="invalid_state"
+            )
+        if run.result is not None:
+            return run.result
+        limits = handle.request.limits
+        remaining = max(0.0, run.started + limits.wall_time_s - time.monotonic())
+        done, _ = await asyncio.wait({run.exit.future}, timeout=remaining)
+        if not done:
+            run.timed_out = True
+            run.kill_tree()
+        ended = await run.exit.future
+        await self._finish_tree(handle, run)
+        outputs = await asyncio.to_thread(
+            collect_outputs, handle.work_dir, handle.request.outputs, self.max_inline_output_bytes
+        )
+        if run.result is None:
+            run.result = self._result(handle, run, ended, outputs)
+            handle.state = "finished"
+        return run.result
+
+    async def stop(self, handle: ExecutionHandle) -> None:
+        handle.stop_requested = True
+        run = self._runs.get(handle)
+        if run is None or run.exited:
+            return
+        run.stopped = True
+        run.kill_tree()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(run.exit.future), STOP_TIMEOUT_S)
+
+    async def cleanup(self, handle: ExecutionHandle) -> None:
+        if handle.state == "cleaned":
+            return
+        run = self._runs.pop(handle, None)
+        if run is not None:
+            if not run.exited:
+                run.kill_tree()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(run.exit.future), STOP_TIMEOUT_S)
+            run.close()
+        if handle.run_as_uid is not None:
+            await asyncio.to_thread(kill_uid_processes, handle.run_as_uid)
+            _JOB_UIDS.release(handle.run_as_uid)
+        await asyncio.to_thread(remove_tree, handle.job_dir)
+        handle.state = "cleaned"
+
+    # Launching ----------------------------------------------------------------------------
+
+    def _launch(self, handle: ExecutionHandle) -> _Run:
+        """Spawn the job (bwrap, or the command itself) with its pipes and limits."""
+        plan = self._plan(handle)
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        parent_fds = {"stdout": stdout_r, "stderr": stderr_r}
+        child_fds = [stdout_w, stderr_w]
+        try:
+            argv, cwd, env, passed = self._command(handle, plan, parent_fds, child_fds)
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout_w,
+                stderr=stderr_w,
+                cwd=cwd,
+                env=env,
+                pass_fds=passed,
+                start_new_session=True,
+                preexec_fn=make_preexec(plan),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            for fd in parent_fds.values():
+                os.close(fd)
+            raise self._launch_error(handle, exc) from exc
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        return _Run(popen, parent_fds, handle.request.limits.max_output_bytes)
+
+    def _plan(self, handle: ExecutionHandle) -> LaunchPlan:
+        uid = handle.run_as_uid
+        extra = SANDBOX_OVERHEAD_PROCESSES if self.sandbox else 0
+        if uid is None:
+            extra += user_task_count(os.getuid())
+        staged = self.sandbox and uid is not None and not reachable_by_others(handle.work_dir)
+        return LaunchPlan(
+            rlimits=rlimits_for(handle.request.limits, extra_processes=extra),
+            uid=uid,
+            staged_work_dir=str(handle.work_dir) if staged else None,
+        )
+
+    def _command(
+        self,
+        handle: ExecutionHandle,
+        plan: LaunchPlan,
+        parent_fds: dict[str, int],
+        child_fds: list[int],
+    ) -> tuple[list[str], str, dict[str, str], list[int]]:
+        """``(argv, cwd, env, fds to pass)``; records the descriptors it opens."""
+        request = handle.request
+        if self.bwrap is None or self._layout is None:
+            env = sandbox_env(request.env, home=str(handle.work_dir))
+            return list(request.command), str(handle.work_dir), env, []
+        info_r, info_w = os.pipe()
+        parent_fds["info"] = info_r
+        child_fds.append(info_w)
+        data_fds = _memfds(synthetic_etc_files(), child_fds)
+        config = SandboxConfig(
+            bwrap=self.bwrap,
+            work_source=STAGING_MOUNTPOINT if plan.staged_work_dir else str(handle.work_dir),
+            command=request.command,
+            env=sandbox_env(request.env),
+            layout=self._layout,
+            tmpfs_bytes=tmpfs_bytes_for(request.limits),
+            info_fd=info_w,
+            data_fds=data_fds,
+        )
+        return build_bwrap_argv(config), "/", {}, [info_w, *data_fds.values()]
+
+    def _launch_error(self, handle: ExecutionHandle, exc: BaseException) -> ExecutionError:
+        handle.state = "finished"
+        if self.sandbox:
+            return ExecutionError(
+                f"could not launch the sandbox: {exc}",
+                code="sandbox_failed",
+                hint="check that bubblewrap works here (user namespaces enabled)",
+            )
+        return ExecutionError(
+            f"cannot run {handle.request.command[0]!r}: {exc}", code="spawn_failed"
+        )
+
+    async def _await_sandbox(self, handle: ExecutionHandle, run: _Run) -> None:
+        """Wait until bwrap reports its sandbox running; raise if it never does."""
+        assert run.info is not None
+        await run.info.wait_closed(SANDBOX_START_TIMEOUT_S)
+        pid = _child_pid(run.info.data)
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                run.init_pidfd = os.pidfd_open(pid)
+            return
+        run.kill_tree()
+        await run.exit.future
+        await run.stderr.wait_closed(DRAIN_GRACE_S)
+        handle.state = "finished"
+        detail = run.stderr.data.decode("utf-8", errors="replace").strip() or "no message"
+        raise ExecutionError(
+            f"bubblewrap could not set up the sandbox: {detail}",
+            code="sandbox_failed",
+            hint="check that bubblewrap works here (user namespaces enabled)",
+        )
+
+    # Finishing ----------------------------------------------------------------------------
+
+    async def _finish_tree(self, handle: ExecutionHandle, run: _Run) -> None:
+        """After the main process ended: kill what is left of the tree, drain the pipes."""
+        if handle.run_as_uid is not None:
+            await asyncio.to_thread(kill_uid_processes, handle.run_as_uid)
+        await asyncio.gather(
+            run.stdout.wait_closed(DRAIN_GRACE_S), run.stderr.wait_closed(DRAIN_GRACE_S)
+        )
+
+    def _result(
+        self,
+        handle: ExecutionHandle,
+        run: _Run,
+        ended: ChildExit,
+        outputs: list[CollectedOutput],
+    ) -> ExecutionResult:
+        usage = _usage(ended, run.started)
+        termination = decode_wait_status(ended.status, sandboxed=self.sandbox)
+        last_words = run.stderr.data + run.stderr.tail if run.stderr.truncated else run.stderr.data
+        verdict = classify(
+            termination,
+            handle.request.limits,
+            stopped=run.stopped,
+            timed_out=run.timed_out,
+            cpu_s=usage.cpu_s,
+            stderr=last_words,
+        )
+        return ExecutionResult(
+            status=verdict.status,
+            reason=verdict.reason,
+            exit_code=termination.exit_code,
+            stdout=run.stdout.data,
+            stderr=run.stderr.data,
+            stdout_truncated=run.stdout.truncated,
+            stderr_truncated=run.stderr.truncated,
+            outputs=outputs,
+            usage=usage,
+        )
+
+
+def _check_request(request: ExecutionRequest) -> None:
+    if not request.command or any("\x00" in part for part in request.command):
+        raise ExecutionError("the command is empty or contains NUL bytes", code="invalid_command")
+    check_env(request.env)
+    for path in request.outputs:
+        checked_relative_path(path, "output")
+
+
+def _make_work_dir(
+    request: ExecutionRequest, work_root: Path, uid: int | None
+) -> tuple[Path, Path]:
+    job_dir, work_dir = create_job_dir(work_root, request.job_id)
+    try:
+        write_inputs(work_dir, request.inputs, uid)
+    except BaseException:
+        remove_tree(job_dir)
+        raise
+    return job_dir, work_dir
+
+
+def _memfds(files: dict[str, bytes], opened: list[int]) -> dict[str, int]:
+    """One memory file per entry, rewound, for bwrap to copy; records each in ``opened``."""
+    fds: dict[str, int] = {}
+    for path, content in files.items():
+        fd = os.memfd_create(os.path.basename(path))
+        opened.append(fd)
+        os.write(fd, content)
+        os.lseek(fd, 0, os.SEEK_SET)
+        fds[path] = fd
+    return fds
+
+
+def _child_pid(info: bytes) -> int | None:
+    try:
+        pid = json.loads(info)["child-pid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
+def _usage(ended: ChildExit, started: float) -> ResourceUsage:
+    wall = max(0.0, ended.monotonic - started)
+    if ended.rusage is None:
+        return ResourceUsage(wall_s=wall, cpu_s=0.0, max_rss_kb=0)
+    cpu = ended.rusage.ru_utime + ended.rusage.ru_stime
+    return ResourceUsage(
+        wall_s=wall, cpu_s=max(0.0, cpu), max_rss_kb=max(0, ended.rusage.ru_maxrss)
+    )

@@ -1,0 +1,214 @@
+"""The bubblewrap sandbox: finding ``bwrap`` and building its command line.
+
+What a job sees inside the sandbox:
+
+* ``/usr`` read-only, and ``/bin``, ``/sbin``, ``/lib``, ``/lib32``, ``/lib64``,
+  ``/libx32`` as on the host: the same symlinks (``--symlink``) where the host has
+  symlinks (merged-/usr systems such as Debian), read-only binds where it has
+  directories. Nothing else of the host file system: no ``/home``, ``/root``, ``/var``,
+  ``/work``, ``/run``, ``/sys`` or host ``/tmp``.
+* In ``/etc`` only:
+    - ``/etc/ld.so.cache`` (host, read-only): the dynamic linker's library index;
+    - ``/etc/alternatives`` (host, read-only): Debian's ``/usr/bin`` symlinks
+      (``awk``, ``editor``...) point into it;
+    - ``/etc/passwd``, ``/etc/group`` (generated): the job's own user and group
+      (uid/gid 1000, home /work) so user lookups work without revealing host accounts;
+    - ``/etc/hosts``, ``/etc/nsswitch.conf`` (generated): ``localhost`` resolves from
+      files, nothing else is configured.
+* ``/work`` read-write (the job's work directory, also the current directory), a
+  private size-limited tmpfs at ``/tmp`` and ``/dev/shm``, a fresh ``/proc`` (own pid
+  namespace) and a minimal ``/dev`` (null, zero, full, random, urandom, tty, pts).
+* Every namespace unshared (``--unshare-all``): no network but a loopback of its own,
+  own pid, ipc, uts (hostname "sandbox") and cgroup namespaces, and a user namespace
+  in which the job is uid/gid 1000 with no capabilities and may not create further
+  user namespaces (``--disable-userns``).
+* The root directory (``/etc`` included) and ``/dev`` are remounted read-only once
+  built, so the job can write only to /work, /tmp and /dev/shm.
+* ``--die-with-parent`` (the sandbox dies with the node) and ``--new-session`` (no
+  access to the node's terminal).
+* ``--as-pid-1``: the job's first process is the pid namespace's init and bwrap's
+  direct child, so bwrap reaps it and ``wait4`` on bwrap reports the job's CPU time
+  and peak memory (with bwrap's own init in between, the job's usage is lost). As
+  init, the job ignores signals it has no handler for unless they come from outside
+  (SIGKILL from the node always works), so the CPU limit ends it with SIGKILL and the
+  file size limit shows as EFBIG errors; when it exits, the kernel kills everything
+  else in the sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from computemesh.executor.base import SandboxLimits
+
+BWRAP_LOCATIONS = ("/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap")
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_HOSTNAME = "sandbox"
+SANDBOX_WORK_DIR = "/work"
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+ROOT_ENTRIES = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+"""Top-level system entries mirrored from the host (as symlinks or read-only binds)."""
+
+HOST_ETC_ENTRIES = ("/etc/ld.so.cache", "/etc/alternatives")
+"""Host ``/etc`` entries bound read-only (see the module docstring for why)."""
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RootEntry:
+    """A top-level host entry: a symlink (``target`` set) or a directory to bind."""
+
+    path: str
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    """The parts of the host file system a sandbox needs, as found on this host."""
+
+    root_entries: tuple[RootEntry, ...]
+    etc_entries: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Everything ``build_bwrap_argv`` needs; file descriptors must be passed to bwrap.
+
+    ``work_source`` is the host path bound at /work. ``data_fds`` maps sandbox paths to
+    descriptors whose content becomes a read-only file there. ``info_fd`` receives
+    bwrap's JSON report with the host pid of the sandbox's init process.
+    """
+
+    bwrap: str
+    work_source: str
+    command: Sequence[str]
+    env: Mapping[str, str]
+    layout: HostLayout
+    tmpfs_bytes: int
+    info_fd: int
+    data_fds: Mapping[str, int] = field(default_factory=dict)
+
+
+def find_bwrap(path: str | None = None) -> str | None:
+    """The bubblewrap executable to use, or None when there is none.
+
+    An explicit ``path`` must be an executable file; otherwise ``bwrap`` is looked up on
+    PATH and then in the usual install locations.
+    """
+    candidates = [path] if path else [shutil.which("bwrap"), *BWRAP_LOCATIONS]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return os.path.abspath(candidate)
+    return None
+
+
+def bubblewrap_available() -> bool:
+    """True when a bubblewrap executable was found (see ``find_bwrap``)."""
+    return find_bwrap() is not None
+
+
+def detect_host_layout() -> HostLayout:
+    """Inspect the host: which system entries exist, and which are symlinks."""
+    entries: list[RootEntry] = []
+    for path in ROOT_ENTRIES:
+        if os.path.islink(path):
+            entries.append(RootEntry(path, os.readlink(path)))
+        elif os.path.isdir(path):
+            entries.append(RootEntry(path))
+    etc = tuple(path for path in HOST_ETC_ENTRIES if os.path.exists(path))
+    return HostLayout(root_entries=tuple(entries), etc_entries=etc)
+
+
+def sandbox_env(job_env: Mapping[str, str], *, home: str = SANDBOX_WORK_DIR) -> dict[str, str]:
+    """The job's environment: the base variables, then the job's own (which may override)."""
+    env = {"PATH": SANDBOX_PATH, "HOME": home, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+    env.update(job_env)
+    return env
+
+
+def synthetic_etc_files() -> dict[str, bytes]:
+    """Generated ``/etc`` files: the sandbox user only, and localhost."""
+    user, group = SANDBOX_UID, SANDBOX_GID
+    return {
+        "/etc/passwd": f"job:x:{user}:{group}:job:{SANDBOX_WORK_DIR}:/bin/sh\n".encode(),
+        "/etc/group": f"job:x:{group}:\n".encode(),
+        "/etc/hosts": b"127.0.0.1\tlocalhost\n::1\tlocalhost\n",
+        "/etc/nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files\n",
+    }
+
+
+def tmpfs_bytes_for(limits: SandboxLimits) -> int:
+    """Size of each private tmpfs (/tmp, /dev/shm): the job's file size limit."""
+    return limits.max_file_mb * MIB
+
+
+def build_bwrap_argv(config: SandboxConfig) -> list[str]:
+    """The full bwrap command line for one job (pure: it only reads ``config``)."""
+    return [
+        config.bwrap,
+        *_namespace_args(),
+        *_system_args(config.layout),
+        *_etc_args(config.data_fds),
+        *_scratch_args(config.tmpfs_bytes),
+        *("--bind", config.work_source, SANDBOX_WORK_DIR, "--chdir", SANDBOX_WORK_DIR),
+        *("--info-fd", str(config.info_fd)),
+        *("--remount-ro", "/"),
+        *_env_args(config.env),
+        "--",
+        *config.command,
+    ]
+
+
+def _namespace_args() -> list[str]:
+    return [
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        *("--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID)),
+        *("--hostname", SANDBOX_HOSTNAME),
+        "--as-pid-1",
+        "--die-with-parent",
+        "--new-session",
+    ]
+
+
+def _system_args(layout: HostLayout) -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for entry in layout.root_entries:
+        if entry.target is not None:
+            args += ["--symlink", entry.target, entry.path]
+        else:
+            args += ["--ro-bind", entry.path, entry.path]
+    for path in layout.etc_entries:
+        args += ["--ro-bind", path, path]
+    return args
+
+
+def _etc_args(data_fds: Mapping[str, int]) -> list[str]:
+    args: list[str] = []
+    for path, fd in sorted(data_fds.items()):
+        args += ["--perms", "0644", "--ro-bind-data", str(fd), path]
+    return args
+
+
+def _scratch_args(tmpfs_bytes: int) -> list[str]:
+    size = str(max(tmpfs_bytes, MIB))
+    return [
+        *("--proc", "/proc", "--dev", "/dev"),
+        *("--size", size, "--tmpfs", "/tmp"),
+        *("--size", size, "--tmpfs", "/dev/shm"),
+        *("--remount-ro", "/dev"),
+    ]
+
+
+def _env_args(env: Mapping[str, str]) -> list[str]:
+    args = ["--clearenv"]
+    for name, value in env.items():
+        args += ["--setenv", name, value]
+    return args

@@ -1,0 +1,107 @@
+"""The `cmesh` command's offline commands: identity, schema, spec errors, jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from computemesh.cli.main import app
+
+runner = CliRunner()
+SEED = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
+SEED_DID = "did:key:z6MktwupdmLXVVqTzCw4i46r4uGyosGXRnR3XjN4Zq7oMMsw"
+
+
+def cmesh(home: Path, *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["--home", str(home), *args])
+    return result.exit_code, result.output
+
+
+def test_id_show_creates_key_with_private_mode(tmp_path: Path) -> None:
+    code, out = cmesh(tmp_path, "id", "show", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["did"].startswith("did:key:z6Mk")
+    key_file = Path(data["key_file"])
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    code, again = cmesh(tmp_path, "id", "show", "--json")
+    assert json.loads(again)["did"] == data["did"]
+
+
+def test_id_import_restores_from_seed_and_export_writes_backup(tmp_path: Path) -> None:
+    code, out = cmesh(tmp_path, "id", "import", "--seed-hex", SEED, "--json")
+    assert code == 0, out
+    assert json.loads(out)["did"] == SEED_DID
+    code, out = cmesh(tmp_path, "id", "show", "--json")
+    assert json.loads(out)["did"] == SEED_DID
+    backup = tmp_path / "backup.json"
+    code, out = cmesh(tmp_path, "id", "export", str(backup))
+    assert code == 0
+    assert json.loads(backup.read_text())["seed_hex"] == SEED
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+
+
+def test_id_import_refuses_to_overwrite_and_bad_seed(tmp_path: Path) -> None:
+    assert cmesh(tmp_path, "id", "show")[0] == 0
+    code, out = cmesh(tmp_path, "id", "import", "--seed-hex", SEED)
+    assert code == 1
+    assert "error" in out
+    code, out = cmesh(tmp_path, "id", "import", "--seed-hex", "zz", "--json")
+    assert code == 1
+    assert json.loads(out)["error"]["code"] == "bad_seed"
+
+
+def test_home_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CMESH_HOME", str(tmp_path / "envhome"))
+    result = runner.invoke(app, ["id", "show"], env={"CMESH_HOME": str(tmp_path / "envhome")})
+    assert result.exit_code == 0
+    assert (tmp_path / "envhome" / "identity.json").exists()
+
+
+def test_schema_job_prints_json_schema(tmp_path: Path) -> None:
+    code, out = cmesh(tmp_path, "schema", "job")
+    assert code == 0
+    schema = json.loads(out)
+    assert schema["title"] == "JobSpec"
+    assert "resources" in schema["properties"]
+
+
+def test_submit_invalid_spec_names_field_and_exits_2(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: x\ncommand: [true]\nresources:\n  memory_mb: -1\n")
+    code, out = cmesh(tmp_path, "submit", str(spec), "--nats", "nats://127.0.0.1:1", "--json")
+    assert code == 2
+    error = json.loads(out)["error"]
+    assert error["code"] == "invalid_spec"
+    assert "resources.memory_mb = -1" in error["message"]
+
+
+def test_commands_without_a_mesh_say_how_to_start_one(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "CMESH_NATS_URL"}
+    result = runner.invoke(app, ["--home", str(tmp_path), "status", "--json"], env=env)
+    assert result.exit_code == 1
+    error = json.loads(result.output)["error"]
+    assert error["code"] == "no_mesh"
+    assert "cmesh up" in error["hint"]
+
+
+def test_jobs_on_an_empty_home(tmp_path: Path) -> None:
+    code, out = cmesh(tmp_path, "jobs", "--json")
+    assert code == 0
+    assert json.loads(out) == []
+    code, out = cmesh(tmp_path, "result", "abc", "--json")
+    assert code == 1
+    assert json.loads(out)["error"]["code"] == "unknown_job"
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    code, out = cmesh(tmp_path, "--help")
+    assert code == 0
+    for command in ("id", "node", "schema", "up", "down", "status", "submit", "jobs",
+                    "result", "demo"):
+        assert command in out
