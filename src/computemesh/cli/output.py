@@ -13,8 +13,8 @@ from rich.console import Console
 
 from computemesh.models.errors import MeshError, NoProviderError, SpecError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2

@@ -38,6 +38,11 @@ class Rlimit:
     hard: int
 
 
+def enforced_cpu_seconds(limits: SandboxLimits) -> int:
+    """RLIMIT_CPU counts whole seconds: the CPU time limit rounded up (at least 1)."""
+    return max(1, math.ceil(limits.cpu_time_s))
+
+
 def rlimits_for(limits: SandboxLimits, *, extra_processes: int = 0) -> tuple[Rlimit, ...]:
     """The rlimits for ``limits``.
 
@@ -45,7 +50,7 @@ def rlimits_for(limits: SandboxLimits, *, extra_processes: int = 0) -> tuple[Rli
     job's uid without being the job's (the sandbox's own, or the node user's when the
     job cannot run under a uid of its own).
     """
-    cpu = max(1, math.ceil(limits.cpu_time_s))
+    cpu = enforced_cpu_seconds(limits)
     memory = limits.memory_mb * MIB
     file_size = limits.max_file_mb * MIB
     processes = limits.max_processes + max(0, extra_processes)

@@ -20,6 +20,7 @@ import signal
 from dataclasses import dataclass
 
 from computemesh.executor.base import SandboxLimits
+from computemesh.executor.limits import enforced_cpu_seconds
 from computemesh.models.market import ResultStatus
 
 MEMORY_MARKERS = (
@@ -105,7 +106,8 @@ def classify(
 def _signal_verdict(number: int, limits: SandboxLimits, *, cpu_s: float, stderr: bytes) -> Verdict:
     label = f"killed by {signal_label(number)}"
     cpu_limit = float(limits.cpu_time_s)
-    if number == signal.SIGXCPU or (number == signal.SIGKILL and cpu_s >= cpu_limit):
+    cpu_enforced = enforced_cpu_seconds(limits)
+    if number == signal.SIGXCPU or (number == signal.SIGKILL and cpu_s >= 0.95 * cpu_enforced):
         return Verdict("killed", f"{label}: exceeded cpu time limit of {cpu_limit} s")
     if number == signal.SIGXFSZ:
         return Verdict("killed", f"{label}: exceeded file size limit of {limits.max_file_mb} MiB")
