@@ -49,8 +49,12 @@ def bare_subprocess_ms(runs: int) -> float:
 
 def trivial_spec(index: int) -> JobSpec:
     spec = JobSpec.model_validate(
-        {"name": f"bench-{index}", "command": COMMAND, "resources": {"cpu": 0.1, "memory_mb": 64},
-         "timeout_s": 30}
+        {
+            "name": f"bench-{index}",
+            "command": COMMAND,
+            "resources": {"cpu": 0.1, "memory_mb": 64},
+            "timeout_s": 30,
+        }
     )
     return resolve_inputs(spec, Path("."))
 
@@ -109,8 +113,17 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.node()} python {platform.python_version()}",
     }
     print(f"{'metric':<22}{'value':>14}")
-    for key in ("jobs", "nodes", "concurrency", "p50_ms", "p99_ms", "jobs_per_s", "wall_s",
-                "bare_ms", "p50_over_bare"):
+    for key in (
+        "jobs",
+        "nodes",
+        "concurrency",
+        "p50_ms",
+        "p99_ms",
+        "jobs_per_s",
+        "wall_s",
+        "bare_ms",
+        "p50_over_bare",
+    ):
         print(f"{key:<22}{result[key]:>14}")
     if args.json:
         print(json.dumps(result))

@@ -132,9 +132,7 @@ async def test_forged_and_replayed_messages_are_rejected_over_nats(
         tampered = json.loads(honest)
         tampered["payload"] = {"contract_id": "1"}
         forged = json.loads(
-            await transport.request(
-                subject_for(node_did), canonical_json(tampered), timeout=5
-            )
+            await transport.request(subject_for(node_did), canonical_json(tampered), timeout=5)
         )
     finally:
         await transport.close()

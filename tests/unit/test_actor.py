@@ -129,7 +129,7 @@ async def test_bad_messages_are_rejected_and_counted(pair: Any, make: Any, code:
 
 
 async def test_reply_from_an_impostor_is_rejected(pair: Any) -> None:
-    hub, server, client, _ = pair
+    hub, _, client, _ = pair
     impostor = Identity.generate()
     victim = Identity.generate().did
     transport = MemoryTransport(hub)

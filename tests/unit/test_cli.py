@@ -102,6 +102,16 @@ def test_jobs_on_an_empty_home(tmp_path: Path) -> None:
 def test_help_lists_every_command(tmp_path: Path) -> None:
     code, out = cmesh(tmp_path, "--help")
     assert code == 0
-    for command in ("id", "node", "schema", "up", "down", "status", "submit", "jobs",
-                    "result", "demo"):
+    for command in (
+        "id",
+        "node",
+        "schema",
+        "up",
+        "down",
+        "status",
+        "submit",
+        "jobs",
+        "result",
+        "demo",
+    ):
         assert command in out

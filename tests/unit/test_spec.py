@@ -116,7 +116,7 @@ def test_spec_file_errors_are_clear(tmp_path: Path) -> None:
     missing_source.write_text(
         json.dumps({**VALID, "inputs": [{"path": "x", "source": "nowhere.txt"}]})
     )
-    with pytest.raises(SpecError, match="cannot read nowhere.txt"):
+    with pytest.raises(SpecError, match=r"cannot read nowhere\.txt"):
         load_job_spec(missing_source)
     with pytest.raises(SpecError, match="cannot read job spec"):
         load_job_spec(tmp_path / "absent.yaml")

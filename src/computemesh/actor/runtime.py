@@ -184,9 +184,7 @@ class Actor:
 
     async def _handle(self, message: Message) -> None:
         try:
-            envelope = self.verifier.open(
-                message.data, accept_recipients={self.did, *self._topics}
-            )
+            envelope = self.verifier.open(message.data, accept_recipients={self.did, *self._topics})
         except EnvelopeRejected as exc:
             self._note_rejection(exc, message)
             await self._reply_error_to_unverified(message, exc)

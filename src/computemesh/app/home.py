@@ -1,13 +1,13 @@
 """The layout of a computemesh home directory.
 
-    $CMESH_HOME (default ~/.computemesh)
-    ├── identity.json          this user's key (see identity.keystore for the format)
-    ├── consumer.db            the consumer's jobs (SQLite)
-    └── mesh/                  a local mesh started by `cmesh up`
-        ├── state.json         NATS url and pid, node pids and homes
-        ├── nats/              nats-server's JetStream store
-        ├── logs/              nats.log, node-1.log, ...
-        └── nodes/node-1/      each node's own home: identity.json, node.db, work/
+$CMESH_HOME (default ~/.computemesh)
+├── identity.json          this user's key (see identity.keystore for the format)
+├── consumer.db            the consumer's jobs (SQLite)
+└── mesh/                  a local mesh started by `cmesh up`
+    ├── state.json         NATS url and pid, node pids and homes
+    ├── nats/              nats-server's JetStream store
+    ├── logs/              nats.log, node-1.log, ...
+    └── nodes/node-1/      each node's own home: identity.json, node.db, work/
 """
 
 from __future__ import annotations

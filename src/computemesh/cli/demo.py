@@ -52,8 +52,13 @@ def demo(
             err_console.print(f"starting a local mesh of {nodes} node(s) ...")
         with progress:
             report = run_demo(
-                home, nodes=nodes, jobs=jobs, examples_dir=examples,
-                sandbox=not insecure_no_sandbox, progress=on_job, on_mesh_up=on_mesh_up,
+                home,
+                nodes=nodes,
+                jobs=jobs,
+                examples_dir=examples,
+                sandbox=not insecure_no_sandbox,
+                progress=on_job,
+                on_mesh_up=on_mesh_up,
             )
         summary = report.summary()
         if as_json:
@@ -70,9 +75,13 @@ def print_report(report: DemoReport, summary: dict[str, Any]) -> None:
         table.add_column(column)
     for row in report.rows:
         table.add_row(
-            row["job_id"][:12], row["example"], row["status"],
-            "yes" if row["verified"] else "NO", "yes" if row["correct"] else "NO",
-            short(row["provider"]), f"{row['seconds']:.2f}",
+            row["job_id"][:12],
+            row["example"],
+            row["status"],
+            "yes" if row["verified"] else "NO",
+            "yes" if row["correct"] else "NO",
+            short(row["provider"]),
+            f"{row['seconds']:.2f}",
         )
     console.print(table)
     console.print(

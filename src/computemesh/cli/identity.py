@@ -18,7 +18,9 @@ from computemesh.identity import (
 from computemesh.identity.keystore import KEY_FILE_NAME
 from computemesh.models.errors import IdentityError
 
-app = typer.Typer(help="This home's identity: an Ed25519 key and its did:key.", no_args_is_help=True)
+app = typer.Typer(
+    help="This home's identity: an Ed25519 key and its did:key.", no_args_is_help=True
+)
 
 
 @app.command("show")

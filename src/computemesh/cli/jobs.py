@@ -108,8 +108,11 @@ def jobs(
         for record in records:
             provider = record.contracts[0]["terms"]["provider"] if record.contracts else None
             table.add_row(
-                record.job_id, record.name, record.status,
-                {True: "yes", False: "no", None: "-"}[record.verified], short(provider),
+                record.job_id,
+                record.name,
+                record.status,
+                {True: "yes", False: "no", None: "-"}[record.verified],
+                short(provider),
             )
         console.print(table)
 

@@ -38,7 +38,10 @@ def up(
         if not as_json:
             err_console.print(f"starting a mesh of {nodes} node(s) in {home.mesh_dir} ...")
         state = mesh_up(
-            home, nodes=nodes, nats_url=nats, regions=region or None,
+            home,
+            nodes=nodes,
+            nats_url=nats,
+            regions=region or None,
             sandbox=not insecure_no_sandbox,
         )
         if as_json:
@@ -87,15 +90,27 @@ def status(
             emit_json({"nats_url": url, "nodes": nodes})
             return
         table = Table(title=f"{len(nodes)} node(s) on {url}")
-        for column in ("node", "region", "arch", "cpu free/total", "memory MB free",
-                       "gpus", "price/cpu-h", "sandboxed"):
+        for column in (
+            "node",
+            "region",
+            "arch",
+            "cpu free/total",
+            "memory MB free",
+            "gpus",
+            "price/cpu-h",
+            "sandboxed",
+        ):
             table.add_column(column)
         for node in nodes:
             hardware, free = node["hardware"], node["free"]
             table.add_row(
-                short(node["did"]), node["region"], hardware["architecture"],
-                f"{free['cpu']:g}/{hardware['cpu_count']}", str(free["memory_mb"]),
-                str(len(hardware["gpus"])), f"{node['price_per_cpu_hour']:g}",
+                short(node["did"]),
+                node["region"],
+                hardware["architecture"],
+                f"{free['cpu']:g}/{hardware['cpu_count']}",
+                str(free["memory_mb"]),
+                str(len(hardware["gpus"])),
+                f"{node['price_per_cpu_hour']:g}",
                 "yes" if node["sandboxed"] else "NO",
             )
         console.print(table)
@@ -122,8 +137,11 @@ def node_start(
         home = home_of(ctx)
         try:
             settings = NodeSettings(
-                home=Path(home.root), region=region, price_per_cpu_hour=price,
-                heartbeat_interval_s=heartbeat, sandbox=not insecure_no_sandbox,
+                home=Path(home.root),
+                region=region,
+                price_per_cpu_hour=price,
+                heartbeat_interval_s=heartbeat,
+                sandbox=not insecure_no_sandbox,
             )
         except ValueError as exc:
             raise SpecError(f"node settings are invalid: {exc}") from exc

@@ -42,8 +42,7 @@ from computemesh.store import AllocationRecord, AllocationRepository
 log = logging.getLogger(__name__)
 
 NO_SANDBOX_REASON = (
-    "this node has no sandbox (bubblewrap missing) and was not started with"
-    " --insecure-no-sandbox"
+    "this node has no sandbox (bubblewrap missing) and was not started with --insecure-no-sandbox"
 )
 
 

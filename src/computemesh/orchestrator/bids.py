@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 from computemesh.models.market import Bid, BidRefusal
@@ -36,10 +37,8 @@ class BidCollection:
 
     async def wait(self, window_s: float) -> None:
         """Until the window closes, or earlier once every expected node has answered."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.done.wait(), timeout=window_s)
-        except TimeoutError:
-            pass
 
 
 def short_did(did: str) -> str:

@@ -274,9 +274,7 @@ class Orchestrator:
     async def fetch_results(self, job_id: str) -> JobRecord:
         """Ask each contracted provider for a result not yet received."""
         record = self.jobs.find(job_id)
-        have = {
-            doc["body"]["contract_id"] for doc in record.results if isinstance(doc, dict)
-        }
+        have = {doc["body"]["contract_id"] for doc in record.results if isinstance(doc, dict)}
         for contract in record.contracts:
             terms = parse_model(ContractTerms, contract["terms"], what="contract terms")
             if terms.contract_id in have:

@@ -67,8 +67,11 @@ def _judge(
     final = len(contracts) >= replicas and set(contracts) == set(accepted)
     if not final:
         return Outcome(documents, False, "running", False, "", contract_ids=ids)
-    failures = [f"{r.status}: {r.reason or f'exit code {r.exit_code}'}" for r in results
-                if r.status != "completed"]
+    failures = [
+        f"{r.status}: {r.reason or f'exit code {r.exit_code}'}"
+        for r in results
+        if r.status != "completed"
+    ]
     agreed = len({result_fingerprint(result) for result in results}) == 1
     reason = "; ".join(failures)
     if not agreed:

@@ -87,9 +87,7 @@ class AllocationRepository:
 
     def unfinished(self) -> list[AllocationRecord]:
         with self._sessions() as session:
-            rows = session.scalars(
-                select(AllocationRow).where(AllocationRow.status != "finished")
-            )
+            rows = session.scalars(select(AllocationRow).where(AllocationRow.status != "finished"))
             return [_record(row) for row in rows]
 
     def count_by_status(self) -> dict[str, int]:

@@ -93,7 +93,7 @@ class Transport(Protocol):
         """
         ...
 
-    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:  # noqa: ASYNC109
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
         """Publish ``data`` with a unique reply subject and return the first reply's payload.
 
         Raises ``RequestTimeout`` when no reply comes within ``timeout`` seconds,
@@ -112,7 +112,7 @@ class Transport(Protocol):
         """
         ...
 
-    async def flush(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything sent so far has reached the bus.
 
         Raises ``RequestTimeout`` when that takes longer than ``timeout`` seconds.

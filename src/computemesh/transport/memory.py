@@ -171,7 +171,7 @@ class MemoryTransport:
         worker.add_done_callback(self._workers.discard)
         return subscription
 
-    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:  # noqa: ASYNC109
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
         """See ``Transport.request``. Replies arrive on a fresh ``_INBOX.<hex>`` subject."""
         self._check_open()
         validate_subject(subject)
@@ -197,7 +197,7 @@ class MemoryTransport:
         """See ``Transport.respond``."""
         await self.publish(reply_subject(message), data)
 
-    async def flush(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def flush(self, timeout: float = 5.0) -> None:
         """See ``Transport.flush``. Publishing is immediate here, so this only checks state."""
         if self._closed.is_set():
             raise closed_error()

@@ -192,7 +192,7 @@ class NatsTransport:
         except TransportError as exc:
             log.debug("subscription to %s not confirmed yet: %s", subject, exc)
 
-    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:  # noqa: ASYNC109
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
         """See ``Transport.request``."""
         self._check_open()
         validate_subject(subject)
@@ -207,7 +207,7 @@ class NatsTransport:
         """See ``Transport.respond``."""
         await self._publish(reply_subject(message), data)
 
-    async def flush(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def flush(self, timeout: float = 5.0) -> None:
         """See ``Transport.flush``: PING/PONG round trips with the server.
 
         nats-py writes its PING straight to the socket, possibly ahead of commands still
