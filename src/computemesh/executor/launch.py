@@ -157,6 +157,18 @@ def make_preexec(plan: LaunchPlan) -> Callable[[], None]:
     return preexec
 
 
+def memory_files(files: dict[str, bytes], opened: list[int]) -> dict[str, int]:
+    """One memory file per entry, rewound, for bwrap to copy; records each in ``opened``."""
+    fds: dict[str, int] = {}
+    for path, content in files.items():
+        fd = os.memfd_create(os.path.basename(path))
+        opened.append(fd)
+        os.write(fd, content)
+        os.lseek(fd, 0, os.SEEK_SET)
+        fds[path] = fd
+    return fds
+
+
 def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.unshare.argtypes = [ctypes.c_int]

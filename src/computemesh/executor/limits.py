@@ -24,8 +24,8 @@ from computemesh.executor.base import SandboxLimits
 
 MIB = 1024 * 1024
 
-SANDBOX_OVERHEAD_PROCESSES = 2
-"""Processes of the job's uid that are not the job's own: bwrap and the sandbox's init."""
+SANDBOX_OVERHEAD_PROCESSES = 1
+"""Processes of the job's uid that are not the job's own: bwrap, which waits outside."""
 
 
 @dataclass(frozen=True)

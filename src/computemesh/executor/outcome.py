@@ -107,7 +107,7 @@ def _signal_verdict(number: int, limits: SandboxLimits, *, cpu_s: float, stderr:
     label = f"killed by {signal_label(number)}"
     cpu_limit = float(limits.cpu_time_s)
     cpu_enforced = enforced_cpu_seconds(limits)
-    if number == signal.SIGXCPU or (number == signal.SIGKILL and cpu_s >= 0.95 * cpu_enforced):
+    if number == signal.SIGXCPU or (number == signal.SIGKILL and cpu_s >= 0.75 * cpu_enforced):
         return Verdict("killed", f"{label}: exceeded cpu time limit of {cpu_limit} s")
     if number == signal.SIGXFSZ:
         return Verdict("killed", f"{label}: exceeded file size limit of {limits.max_file_mb} MiB")

@@ -8,9 +8,10 @@ Isolation, by limit (details in ``sandbox``, ``launch`` and ``limits``):
 * privileges: on root nodes the job runs under a host uid of its own (and as uid 1000
   of a user namespace under bwrap), never as root; ``no_new_privs`` is set;
 * memory, CPU time, processes, open files, file size: rlimits set before exec;
-* wall time: enforced here; on timeout or ``stop`` the whole tree is killed: the
-  sandbox's init (which takes its pid namespace, hence every job process, with it) and
-  bwrap's process group; on root nodes every process left under the job's uid as well;
+* wall time: enforced here; on timeout or ``stop`` the whole tree is killed: the job's
+  first process, which is the init of the sandbox's pid namespace (so every process of
+  the job dies with it), then bwrap's process group; on root nodes every process left
+  under the job's uid as well (the sweep also runs after every normal exit);
 * output: stdout and stderr are each kept up to ``max_output_bytes``; the rest is read
   and dropped, so a job printing without end costs the node neither memory nor disk.
 
@@ -23,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -43,11 +42,13 @@ from computemesh.executor.launch import (
     can_switch_uid,
     kill_uid_processes,
     make_preexec,
+    memory_files,
     reachable_by_others,
     user_task_count,
 )
 from computemesh.executor.limits import SANDBOX_OVERHEAD_PROCESSES, rlimits_for
 from computemesh.executor.outcome import classify, decode_wait_status
+from computemesh.executor.running import RunningJob, child_pid_from_info, usage_from
 from computemesh.executor.sandbox import (
     HostLayout,
     SandboxConfig,
@@ -58,7 +59,7 @@ from computemesh.executor.sandbox import (
     synthetic_etc_files,
     tmpfs_bytes_for,
 )
-from computemesh.executor.streams import CappedReader, ChildExit, ExitWatch
+from computemesh.executor.streams import ChildExit
 from computemesh.executor.workdir import (
     check_env,
     checked_relative_path,
@@ -68,57 +69,14 @@ from computemesh.executor.workdir import (
     write_inputs,
 )
 from computemesh.models.errors import ExecutionError
-from computemesh.models.market import ResourceUsage
 
 SANDBOX_MISSING_HINT = "install bubblewrap or start the node with --insecure-no-sandbox"
+SANDBOX_FAILED_HINT = "check that bubblewrap works on this host (user namespaces enabled)"
 SANDBOX_START_TIMEOUT_S = 10.0
 DRAIN_GRACE_S = 2.0
 STOP_TIMEOUT_S = 10.0
 
 _JOB_UIDS = JobUidPool()
-
-
-class _Run:
-    """A launched job: its process, pipes and exit watch, and how it was ended."""
-
-    def __init__(self, popen: subprocess.Popen[bytes], fds: dict[str, int], cap: int) -> None:
-        self.popen = popen
-        self.started = time.monotonic()
-        self.stdout = CappedReader(fds["stdout"], cap)
-        self.stderr = CappedReader(fds["stderr"], cap)
-        self.info = CappedReader(fds["info"], 64 * 1024) if "info" in fds else None
-        self.exit = ExitWatch(popen.pid, self.kill_tree)
-        self.exit.future.add_done_callback(self._record_exit)
-        self.init_pidfd: int | None = None
-        self.timed_out = False
-        self.stopped = False
-        self.result: ExecutionResult | None = None
-
-    def _record_exit(self, future: asyncio.Future[ChildExit]) -> None:
-        if not future.cancelled():
-            self.popen.returncode = os.waitstatus_to_exitcode(future.result().status)
-
-    @property
-    def exited(self) -> bool:
-        return self.exit.future.done()
-
-    def kill_tree(self) -> None:
-        """SIGKILL the sandbox's init (and so its pid namespace) and the process group."""
-        if self.init_pidfd is not None:
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
-        if not self.exited:
-            with contextlib.suppress(OSError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-
-    def close(self) -> None:
-        for reader in (self.stdout, self.stderr, self.info):
-            if reader is not None:
-                reader.close()
-        self.exit.close()
-        if self.init_pidfd is not None:
-            os.close(self.init_pidfd)
-            self.init_pidfd = None
 
 
 class ProcessExecutor:
@@ -151,13 +109,19 @@ class ProcessExecutor:
                     hint=SANDBOX_MISSING_HINT,
                 )
             self._layout = detect_host_layout()
-        self._runs: dict[ExecutionHandle, _Run] = {}
+        self._runs: dict[ExecutionHandle, RunningJob] = {}
 
     async def prepare(self, request: ExecutionRequest, work_root: Path) -> ExecutionHandle:
         _check_request(request)
         uid = _JOB_UIDS.acquire() if can_switch_uid() else None
         try:
             job_dir, work_dir = await asyncio.to_thread(_make_work_dir, request, work_root, uid)
+        except OSError as exc:
+            if uid is not None:
+                _JOB_UIDS.release(uid)
+            raise ExecutionError(
+                f"cannot prepare the work dir under {work_root}: {exc}", code="prepare_failed"
+            ) from exc
         except BaseException:
             if uid is not None:
                 _JOB_UIDS.release(uid)
@@ -225,7 +189,7 @@ class ProcessExecutor:
 
     # Launching ----------------------------------------------------------------------------
 
-    def _launch(self, handle: ExecutionHandle) -> _Run:
+    def _launch(self, handle: ExecutionHandle) -> RunningJob:
         """Spawn the job (bwrap, or the command itself) with its pipes and limits."""
         plan = self._plan(handle)
         stdout_r, stdout_w = os.pipe()
@@ -248,11 +212,11 @@ class ProcessExecutor:
         except (OSError, subprocess.SubprocessError) as exc:
             for fd in parent_fds.values():
                 os.close(fd)
-            raise self._launch_error(handle, exc) from exc
+            raise self._launch_error(handle, plan, exc) from exc
         finally:
             for fd in child_fds:
                 os.close(fd)
-        return _Run(popen, parent_fds, handle.request.limits.max_output_bytes)
+        return RunningJob(popen, parent_fds, handle.request.limits.max_output_bytes)
 
     def _plan(self, handle: ExecutionHandle) -> LaunchPlan:
         uid = handle.run_as_uid
@@ -281,7 +245,7 @@ class ProcessExecutor:
         info_r, info_w = os.pipe()
         parent_fds["info"] = info_r
         child_fds.append(info_w)
-        data_fds = _memfds(synthetic_etc_files(), child_fds)
+        data_fds = memory_files(synthetic_etc_files(), child_fds)
         config = SandboxConfig(
             bwrap=self.bwrap,
             work_source=STAGING_MOUNTPOINT if plan.staged_work_dir else str(handle.work_dir),
@@ -294,23 +258,29 @@ class ProcessExecutor:
         )
         return build_bwrap_argv(config), "/", {}, [info_w, *data_fds.values()]
 
-    def _launch_error(self, handle: ExecutionHandle, exc: BaseException) -> ExecutionError:
+    def _launch_error(
+        self, handle: ExecutionHandle, plan: LaunchPlan, exc: BaseException
+    ) -> ExecutionError:
         handle.state = "finished"
-        if self.sandbox:
+        if not self.sandbox:
+            command = handle.request.command[0]
+            return ExecutionError(f"cannot run {command!r}: {exc}", code="spawn_failed")
+        if plan.staged_work_dir is not None and isinstance(exc, subprocess.SubprocessError):
             return ExecutionError(
-                f"could not launch the sandbox: {exc}",
+                f"could not give the sandbox its work dir: {exc}",
                 code="sandbox_failed",
-                hint="check that bubblewrap works here (user namespaces enabled)",
+                hint="make the parent directories of the work root searchable by other users "
+                "(chmod o+x), or give the node CAP_SYS_ADMIN",
             )
         return ExecutionError(
-            f"cannot run {handle.request.command[0]!r}: {exc}", code="spawn_failed"
+            f"could not launch the sandbox: {exc}", code="sandbox_failed", hint=SANDBOX_FAILED_HINT
         )
 
-    async def _await_sandbox(self, handle: ExecutionHandle, run: _Run) -> None:
+    async def _await_sandbox(self, handle: ExecutionHandle, run: RunningJob) -> None:
         """Wait until bwrap reports its sandbox running; raise if it never does."""
         assert run.info is not None
         await run.info.wait_closed(SANDBOX_START_TIMEOUT_S)
-        pid = _child_pid(run.info.data)
+        pid = child_pid_from_info(run.info.data)
         if pid is not None:
             with contextlib.suppress(OSError):
                 run.init_pidfd = os.pidfd_open(pid)
@@ -318,17 +288,19 @@ class ProcessExecutor:
         run.kill_tree()
         await run.exit.future
         await run.stderr.wait_closed(DRAIN_GRACE_S)
+        run.close()
+        self._runs.pop(handle, None)
         handle.state = "finished"
         detail = run.stderr.data.decode("utf-8", errors="replace").strip() or "no message"
         raise ExecutionError(
             f"bubblewrap could not set up the sandbox: {detail}",
             code="sandbox_failed",
-            hint="check that bubblewrap works here (user namespaces enabled)",
+            hint=SANDBOX_FAILED_HINT,
         )
 
     # Finishing ----------------------------------------------------------------------------
 
-    async def _finish_tree(self, handle: ExecutionHandle, run: _Run) -> None:
+    async def _finish_tree(self, handle: ExecutionHandle, run: RunningJob) -> None:
         """After the main process ended: kill what is left of the tree, drain the pipes."""
         if handle.run_as_uid is not None:
             await asyncio.to_thread(kill_uid_processes, handle.run_as_uid)
@@ -339,11 +311,11 @@ class ProcessExecutor:
     def _result(
         self,
         handle: ExecutionHandle,
-        run: _Run,
+        run: RunningJob,
         ended: ChildExit,
         outputs: list[CollectedOutput],
     ) -> ExecutionResult:
-        usage = _usage(ended, run.started)
+        usage = usage_from(ended, run.started)
         termination = decode_wait_status(ended.status, sandboxed=self.sandbox)
         last_words = run.stderr.data + run.stderr.tail if run.stderr.truncated else run.stderr.data
         verdict = classify(
@@ -385,33 +357,3 @@ def _make_work_dir(
         remove_tree(job_dir)
         raise
     return job_dir, work_dir
-
-
-def _memfds(files: dict[str, bytes], opened: list[int]) -> dict[str, int]:
-    """One memory file per entry, rewound, for bwrap to copy; records each in ``opened``."""
-    fds: dict[str, int] = {}
-    for path, content in files.items():
-        fd = os.memfd_create(os.path.basename(path))
-        opened.append(fd)
-        os.write(fd, content)
-        os.lseek(fd, 0, os.SEEK_SET)
-        fds[path] = fd
-    return fds
-
-
-def _child_pid(info: bytes) -> int | None:
-    try:
-        pid = json.loads(info)["child-pid"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return pid if isinstance(pid, int) and pid > 0 else None
-
-
-def _usage(ended: ChildExit, started: float) -> ResourceUsage:
-    wall = max(0.0, ended.monotonic - started)
-    if ended.rusage is None:
-        return ResourceUsage(wall_s=wall, cpu_s=0.0, max_rss_kb=0)
-    cpu = ended.rusage.ru_utime + ended.rusage.ru_stime
-    return ResourceUsage(
-        wall_s=wall, cpu_s=max(0.0, cpu), max_rss_kb=max(0, ended.rusage.ru_maxrss)
-    )

@@ -146,10 +146,11 @@ def _collect_one(work_dir: Path, relative: str, max_inline_bytes: int) -> Collec
     except OSError as exc:
         log.warning("output %s cannot be opened (%s); not collected", relative, exc)
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        log.warning("output %s is not a regular file; not collected", relative)
+        return None
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            log.warning("output %s is not a regular file; not collected", relative)
-            return None
         return _hash_file(handle, relative, max_inline_bytes)
 
 
