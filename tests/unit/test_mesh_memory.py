@@ -40,7 +40,7 @@ def make_node(hub: MemoryHub, home: Path, region: str, price: float) -> Provider
         settings=NodeSettings(home=home, region=region, price_per_cpu_hour=price),
         hardware=HARDWARE,
         allocations=AllocationRepository(open_database("sqlite://")),
-        executor=FakeExecutor(),
+        executors={"process": FakeExecutor()},
     )
 
 
@@ -148,8 +148,9 @@ async def test_tampered_output_fails_verification(mesh: Mesh) -> None:
         return 0, b"", {"out.txt": b"real bytes"}
 
     for node in mesh.nodes:
-        assert isinstance(node.executor, FakeExecutor)
-        node.executor.behaviour = lying
+        executor = node.executors["process"]
+        assert isinstance(executor, FakeExecutor)
+        executor.behaviour = lying
     job_id = mesh.orchestrator.submit(job())
     (contract,) = await mesh.orchestrator.place(job_id)
     provider = next(n for n in mesh.nodes if n.did == contract["terms"]["provider"])

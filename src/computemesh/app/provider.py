@@ -24,15 +24,16 @@ from computemesh.transport import NatsTransport, Transport
 log = logging.getLogger(__name__)
 
 
-def build_executor(settings: NodeSettings) -> Executor | None:
-    """The process executor, or None (the node then refuses every job) without a sandbox."""
+def build_executors(settings: NodeSettings) -> dict[str, Executor]:
+    """Every executor this node can offer, by name; one that cannot start is left out."""
+    executors: dict[str, Executor] = {}
     try:
-        return ProcessExecutor(
+        executors["process"] = ProcessExecutor(
             sandbox=settings.sandbox, max_inline_output_bytes=settings.max_inline_output_bytes
         )
     except ExecutionError as exc:
-        log.error("refusing all jobs: %s", exc)
-        return None
+        log.error("not offering the process executor: %s", exc)
+    return executors
 
 
 def build_node(settings: NodeSettings, transport: Transport) -> ProviderNode:
@@ -44,7 +45,7 @@ def build_node(settings: NodeSettings, transport: Transport) -> ProviderNode:
         settings=settings,
         hardware=detect_hardware(settings.work_root),
         allocations=AllocationRepository(sessions),
-        executor=build_executor(settings),
+        executors=build_executors(settings),
     )
 
 

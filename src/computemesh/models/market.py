@@ -105,6 +105,7 @@ class ResourceUsage(_Wire):
     wall_s: float = Field(ge=0)
     cpu_s: float = Field(ge=0)
     max_rss_kb: int = Field(ge=0)
+    fuel: int | None = Field(default=None, ge=0, description="WASM fuel consumed, if metered.")
 
 
 class OutputFile(_Wire):

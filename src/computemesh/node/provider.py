@@ -12,6 +12,7 @@ import base64
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from computemesh import __version__
@@ -58,13 +59,13 @@ class ProviderNode:
         settings: NodeSettings,
         hardware: Hardware,
         allocations: AllocationRepository,
-        executor: Executor | None,
+        executors: Mapping[str, Executor],
     ) -> None:
         self.actor = actor
         self.settings = settings
         self.hardware = hardware
         self.allocations = allocations
-        self.executor = executor
+        self.executors = dict(executors)
         self.ledger = CapacityLedger.for_hardware(
             hardware, memory_fraction=settings.memory_fraction
         )
@@ -113,9 +114,9 @@ class ProviderNode:
         return Advertisement(
             hardware=self.hardware,
             region=self.settings.region,
-            executors=["process"] if self.executor is not None else [],
+            executors=sorted(self.executors),
             price_per_cpu_hour=self.settings.price_per_cpu_hour,
-            sandboxed=self.settings.sandbox and self.executor is not None,
+            sandboxed=self.settings.sandbox and bool(self.executors),
             free=self.ledger.free(),
             version=__version__,
         )
@@ -153,7 +154,7 @@ class ProviderNode:
     # Bidding ------------------------------------------------------------------------------
 
     def refusal_reasons(self, spec: JobSpec) -> list[str]:
-        if self.executor is None:
+        if not self.executors:
             return [NO_SANDBOX_REASON]
         return unmet_requirements(spec, self.advertisement(), self.did)
 
@@ -220,11 +221,11 @@ class ProviderNode:
     # Running ------------------------------------------------------------------------------
 
     async def _run_allocation(self, terms: ContractTerms, spec: JobSpec) -> None:
-        assert self.executor is not None
+        executor = self.executors[spec.executor]
         self.allocations.set_status(terms.contract_id, "running")
         try:
             outcome = await run_to_completion(
-                self.executor, self._execution_request(terms, spec), self.settings.work_root
+                executor, self._execution_request(terms, spec), self.settings.work_root
             )
             result = self._job_result(terms, outcome)
         except MeshError as exc:
