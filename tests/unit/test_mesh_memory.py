@@ -11,7 +11,7 @@ import pytest
 
 from computemesh.actor import Actor, behaviours
 from computemesh.identity import Identity
-from computemesh.models.errors import VerificationError
+from computemesh.models.errors import SpecError, VerificationError
 from computemesh.models.job import JobSpec
 from computemesh.models.market import Hardware, JobResult, ResourceUsage
 from computemesh.node.provider import ProviderNode
@@ -163,3 +163,11 @@ async def test_tampered_output_fails_verification(mesh: Mesh) -> None:
     tampered = sign_result(provider.actor.identity, JobResult.model_validate(body))
     with pytest.raises(VerificationError, match="does not match its signed sha256"):
         mesh.orchestrator.accept_result(job_id, tampered)
+
+
+async def test_spec_too_large_for_an_envelope_is_refused_before_storing(mesh: Mesh) -> None:
+    chunk = "x" * 400_000
+    inputs = [{"path": f"in{i}.txt", "content": chunk} for i in range(3)]
+    with pytest.raises(SpecError, match=r"at most \d+ bytes can travel"):
+        mesh.orchestrator.submit(job(inputs=inputs))
+    assert mesh.orchestrator.jobs.recent() == []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from computemesh.actor import Actor, Inbound, behaviours
+from computemesh.identity.canonical import canonical_json
 from computemesh.matching import max_charge, rank_bids, unmet_requirements
 from computemesh.models.errors import MeshError, NoProviderError, SpecError, VerificationError
 from computemesh.models.job import JobSpec
@@ -44,8 +45,23 @@ class OrchestratorSettings:
 TRANSIENT_MARKS = ("free now", "capacity was taken", "no provider answered")
 
 
+ENVELOPE_HEADROOM_BYTES = 16 * 1024
+"""Room left in an envelope for its header, the contract and the bid request around a spec."""
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def check_spec_fits_envelope(spec: JobSpec, max_envelope_bytes: int) -> None:
+    """A spec travels whole inside signed envelopes: refuse one that cannot fit."""
+    size = len(canonical_json(spec.model_dump(mode="json")))
+    limit = max_envelope_bytes - ENVELOPE_HEADROOM_BYTES
+    if size > limit:
+        raise SpecError(
+            f"job spec is {size} bytes with its inputs inline; at most {limit} bytes can travel",
+            hint="send fewer or smaller inputs",
+        )
 
 
 class Orchestrator:
@@ -99,6 +115,7 @@ class Orchestrator:
         """Store the job and return its id; the spec must be resolved (inputs inline)."""
         if not spec.is_resolved():
             raise SpecError("resolve the spec's inputs before submitting (load_job_spec does)")
+        check_spec_fits_envelope(spec, self.actor.verifier.max_bytes)
         job_id = new_id()
         self.jobs.create(job_id, spec.name, spec.model_dump(mode="json"))
         return job_id
