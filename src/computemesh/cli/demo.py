@@ -72,11 +72,11 @@ def demo(
 def print_report(report: DemoReport, summary: dict[str, Any]) -> None:
     table = Table(title="computemesh demo")
     for column in ("job", "example", "status", "verified", "correct", "provider", "seconds"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for row in report.rows:
         table.add_row(
-            row["job_id"][:12],
-            row["example"],
+            row["job_id"][:8],
+            row["example"].removesuffix(".yaml"),
             row["status"],
             "yes" if row["verified"] else "NO",
             "yes" if row["correct"] else "NO",

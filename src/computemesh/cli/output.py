@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from computemesh.identity.did import abbreviate_did
 from computemesh.models.errors import MeshError, NoProviderError, SpecError
 
 console = Console(emoji=False)
@@ -50,9 +51,7 @@ def reported_errors(*, as_json: bool = False) -> Iterator[None]:
 
 
 def short(did: str | None) -> str:
-    if not did:
-        return "-"
-    return did if len(did) <= 24 else f"{did[:14]}…{did[-6:]}"
+    return abbreviate_did(did) if did else "-"
 
 
 def render(data: Any, *, as_json: bool, human: Callable[[], None]) -> None:

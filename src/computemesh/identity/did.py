@@ -79,3 +79,8 @@ def _decode_base58btc(did: str, text: str) -> bytes:
     except ValueError as exc:
         raise IdentityError(f"{did!r} is not valid base58btc: {exc}", code=_BAD_DID) from exc
     return decoded
+
+
+def abbreviate_did(did: str) -> str:
+    """A DID cut for logs, reasons and tables: ``…`` and its last 10 characters."""
+    return did if len(did) <= 16 else f"…{did[-10:]}"

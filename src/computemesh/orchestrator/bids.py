@@ -39,7 +39,3 @@ class BidCollection:
         """Until the window closes, or earlier once every expected node has answered."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.done.wait(), timeout=window_s)
-
-
-def short_did(did: str) -> str:
-    return did if len(did) <= 24 else f"{did[:14]}…{did[-6:]}"

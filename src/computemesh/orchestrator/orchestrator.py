@@ -19,12 +19,13 @@ from typing import Any
 
 from computemesh.actor import Actor, Inbound, behaviours
 from computemesh.identity.canonical import canonical_json
+from computemesh.identity.did import abbreviate_did
 from computemesh.matching import max_charge, rank_bids, unmet_requirements
 from computemesh.models.errors import MeshError, NoProviderError, SpecError, VerificationError
 from computemesh.models.job import JobSpec
 from computemesh.models.market import Advertisement, Bid, BidRefusal, BidRequest, ContractTerms
 from computemesh.models.validation import parse_job_spec, parse_model
-from computemesh.orchestrator.bids import BidCollection, short_did
+from computemesh.orchestrator.bids import BidCollection
 from computemesh.orchestrator.outcome import Outcome, judge_outcome
 from computemesh.protocol import propose_contract, spec_digest, verify_contract
 from computemesh.store import JobRecord, JobRepository
@@ -147,7 +148,7 @@ class Orchestrator:
             try:
                 contracts.append(await self._contract(job_id, spec, provider, bid))
             except MeshError as exc:
-                failures.append(f"{short_did(provider)}: commit refused: {exc.message}")
+                failures.append(f"{abbreviate_did(provider)}: commit refused: {exc.message}")
         if len(contracts) < spec.replicas:
             raise self._no_provider(spec, collection, rejected + failures, len(contracts))
         return contracts
@@ -179,7 +180,7 @@ class Orchestrator:
             if bid.price_per_cpu_hour != bid.advertisement.price_per_cpu_hour:
                 reasons.append("bid price differs from its advertisement")
             if reasons:
-                rejected.append(f"{short_did(provider)}: bid set aside: {'; '.join(reasons)}")
+                rejected.append(f"{abbreviate_did(provider)}: bid set aside: {'; '.join(reasons)}")
             else:
                 fitting.append((provider, bid))
         return fitting, rejected
@@ -188,7 +189,7 @@ class Orchestrator:
         self, spec: JobSpec, collection: BidCollection, problems: list[str], placed: int
     ) -> NoProviderError:
         reasons = [
-            f"{short_did(provider)}: {'; '.join(refusal.reasons)}"
+            f"{abbreviate_did(provider)}: {'; '.join(refusal.reasons)}"
             for provider, refusal in collection.refusals
         ] + problems
         answered = len(collection.bids) + len(collection.refusals)
@@ -233,7 +234,7 @@ class Orchestrator:
             raise VerificationError("the provider countersigned other terms")
         assert isinstance(contract, dict)
         self.jobs.add_contract(job_id, contract)
-        log.info("job %s contracted to %s", job_id, short_did(provider))
+        log.info("job %s contracted to %s", job_id, abbreviate_did(provider))
         return contract
 
     async def on_bid(self, inbound: Inbound) -> None:
@@ -304,7 +305,7 @@ class Orchestrator:
                     timeout=self.settings.request_timeout_s,
                 )
             except MeshError as exc:
-                log.info("fetching %s from %s: %s", job_id, short_did(terms.provider), exc)
+                log.info("fetching %s from %s: %s", job_id, abbreviate_did(terms.provider), exc)
                 continue
             if reply.get("result") is not None:
                 try:
