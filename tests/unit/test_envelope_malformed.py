@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -162,3 +163,23 @@ def test_malformed_deeply_nested_payload() -> None:
     data = sealed().replace(b'"price":3', b'"price":' + b"[" * 100_000 + b"]" * 100_000)
     verifier = EnvelopeVerifier(max_bytes=10**7, clock=lambda: NOW_MS / 1000)
     assert rejection(data, verifier) == "malformed"
+
+
+def test_deep_nesting_is_refused_even_with_a_raised_recursion_limit() -> None:
+    data = sealed().replace(b'"price":3', b'"price":' + b"[" * 200_000 + b"]" * 200_000)
+    verifier = EnvelopeVerifier(max_bytes=10**7, clock=lambda: NOW_MS / 1000)
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(1_000_000)
+    try:
+        assert rejection(data, verifier) == "malformed"
+    finally:
+        sys.setrecursionlimit(previous)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    obj = wire_object(sealed())
+    obj["payload"] = {"text": "[{" * 500 + '\\"' + "}]" * 500}
+    data = canonical_json(obj)
+    with pytest.raises(EnvelopeRejected) as caught:
+        EnvelopeVerifier(clock=lambda: NOW_MS / 1000).open(data, accept_recipients=set())
+    assert caught.value.code == "bad_signature"  # parsed fine; only the signature is off

@@ -53,6 +53,10 @@ _FIELD_TYPES: dict[str, type] = {
     "sig": str,
 }
 
+MAX_NESTING_DEPTH = 64
+_STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
 
 @dataclass(frozen=True)
 class Envelope:
@@ -156,6 +160,9 @@ def _decode_json_object(data: bytes) -> dict[str, Any]:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
         _malformed(f"not UTF-8: {exc.reason} at byte {exc.start}")
+    depth = _nesting_depth(text)
+    if depth > MAX_NESTING_DEPTH:
+        _malformed(f"nested {depth} deep; the limit is {MAX_NESTING_DEPTH}")
     try:
         obj = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
@@ -163,6 +170,20 @@ def _decode_json_object(data: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         _malformed(f"not a JSON object but a JSON {_json_kind(obj)}")
     return obj
+
+
+def _nesting_depth(text: str) -> int:
+    """How deeply arrays and objects nest, counted outside string literals.
+
+    Checked before parsing: the C JSON decoder recurses once per level, and a process whose
+    recursion limit was raised by some library can overflow its stack on a deep document.
+    """
+    brackets = _BRACKETS.findall(_STRING_LITERAL.sub("", text))
+    depth = deepest = 0
+    for bracket in brackets:
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _canonical_or_none(obj: dict[str, Any]) -> bytes | None:
