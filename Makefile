@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS := .tools
+ANVIL_PACKAGE := @foundry-rs/anvil@1.7.1
 
 .PHONY: setup demo test lint typecheck unit integration bench clean
 
@@ -11,6 +13,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --ignore-scripts --loglevel=error $(ANVIL_PACKAGE)
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from computemesh.actor import Actor, Supervisor
 from computemesh.app.home import READY_FILE
-from computemesh.executor import ProcessExecutor
+from computemesh.executor import ProcessExecutor, WasmExecutor
 from computemesh.executor.base import Executor
+from computemesh.executor.model_cache import ModelCache
+from computemesh.executor.onnx import OnnxExecutor, python_runtime_for_onnx
 from computemesh.identity import load_or_create_identity
 from computemesh.models.errors import ExecutionError
 from computemesh.node.hardware import detect_hardware
@@ -33,6 +35,22 @@ def build_executors(settings: NodeSettings) -> dict[str, Executor]:
         )
     except ExecutionError as exc:
         log.error("not offering the process executor: %s", exc)
+    try:
+        executors["wasm"] = WasmExecutor(
+            cache_dir=settings.home / "cache" / "wasm",
+            max_inline_output_bytes=settings.max_inline_output_bytes,
+        )
+    except ExecutionError as exc:
+        log.error("not offering the wasm executor: %s", exc)
+    try:
+        executors["onnx"] = OnnxExecutor(
+            runtime=python_runtime_for_onnx(),
+            cache=ModelCache(settings.home / "cache" / "onnx"),
+            sandbox=settings.sandbox,
+            max_inline_output_bytes=settings.max_inline_output_bytes,
+        )
+    except ExecutionError as exc:
+        log.error("not offering the onnx executor: %s", exc)
     return executors
 
 

@@ -11,6 +11,7 @@ from computemesh.app.logs import configure_logging
 from computemesh.cli import demo as demo_commands
 from computemesh.cli import identity as identity_commands
 from computemesh.cli import jobs as job_commands
+from computemesh.cli import ledger as ledger_commands
 from computemesh.cli import mesh as mesh_commands
 
 app = typer.Typer(
@@ -46,6 +47,8 @@ def main(
 app.add_typer(identity_commands.app, name="id")
 app.add_typer(mesh_commands.node_app, name="node")
 app.add_typer(job_commands.schema_app, name="schema")
+app.add_typer(ledger_commands.wallet_app, name="wallet")
+app.add_typer(ledger_commands.ledger_app, name="ledger")
 app.command("up")(mesh_commands.up)
 app.command("down")(mesh_commands.down)
 app.command("status")(mesh_commands.status)

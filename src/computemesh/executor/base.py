@@ -57,7 +57,8 @@ class ExecutionRequest:
 
     ``inputs`` are ``(relative path, content, executable)``; ``outputs`` are relative
     paths collected from the work directory after the run. Both must stay inside the
-    work directory (``prepare`` refuses any that would not).
+    work directory (``prepare`` refuses any that would not). ``fuel`` is the job's own
+    budget for executors that meter it (wasm); others ignore it.
     """
 
     job_id: str
@@ -66,6 +67,7 @@ class ExecutionRequest:
     inputs: list[tuple[str, bytes, bool]]
     outputs: list[str]
     limits: SandboxLimits
+    fuel: int | None = None
 
 
 @dataclass(frozen=True)

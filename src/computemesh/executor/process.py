@@ -15,6 +15,10 @@ Isolation, by limit (details in ``sandbox``, ``launch`` and ``limits``):
 * output: stdout and stderr are each kept up to ``max_output_bytes``; the rest is read
   and dropped, so a job printing without end costs the node neither memory nor disk.
 
+``ro_binds`` adds host paths the job sees read-only (for example a Python runtime, see
+``python_runtime``); each is checked by ``sandbox.check_read_only_bind`` when the
+executor is made. Without a sandbox they are ignored: the job sees the host as it is.
+
 ``sandbox=False`` (nodes started with ``--insecure-no-sandbox``) runs the command
 directly in the work dir with the same rlimits, uid switch and process-group kill, but
 with the host's file system and network in view.
@@ -27,6 +31,7 @@ import contextlib
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from computemesh.executor.base import (
@@ -51,8 +56,10 @@ from computemesh.executor.outcome import classify, decode_wait_status
 from computemesh.executor.running import RunningJob, child_pid_from_info, usage_from
 from computemesh.executor.sandbox import (
     HostLayout,
+    ReadOnlyBind,
     SandboxConfig,
     build_bwrap_argv,
+    check_read_only_bind,
     detect_host_layout,
     find_bwrap,
     sandbox_env,
@@ -83,8 +90,9 @@ class ProcessExecutor:
     """Runs jobs as local process trees; see the module docstring for the isolation.
 
     Raises ExecutionError (code "sandbox_missing") when ``sandbox`` is True and no
-    bubblewrap executable is found. Outputs up to ``max_inline_output_bytes`` come back
-    with their bytes.
+    bubblewrap executable is found, and (code "invalid_bind") for a ``ro_binds`` entry
+    that ``check_read_only_bind`` refuses. Outputs up to ``max_inline_output_bytes``
+    come back with their bytes.
     """
 
     name: str = "process"
@@ -95,9 +103,11 @@ class ProcessExecutor:
         sandbox: bool = True,
         bwrap_path: str | None = None,
         max_inline_output_bytes: int = 256 * 1024,
+        ro_binds: Sequence[ReadOnlyBind] = (),
     ) -> None:
         self.sandbox = sandbox
         self.max_inline_output_bytes = max_inline_output_bytes
+        self.ro_binds = _checked_binds(ro_binds)
         self.bwrap: str | None = None
         self._layout: HostLayout | None = None
         if sandbox:
@@ -255,6 +265,7 @@ class ProcessExecutor:
             tmpfs_bytes=tmpfs_bytes_for(request.limits),
             info_fd=info_w,
             data_fds=data_fds,
+            ro_binds=self.ro_binds,
         )
         return build_bwrap_argv(config), "/", {}, [info_w, *data_fds.values()]
 
@@ -337,6 +348,15 @@ class ProcessExecutor:
             outputs=outputs,
             usage=usage,
         )
+
+
+def _checked_binds(binds: Sequence[ReadOnlyBind]) -> tuple[ReadOnlyBind, ...]:
+    for bind in binds:
+        try:
+            check_read_only_bind(bind)
+        except ValueError as exc:
+            raise ExecutionError(str(exc), code="invalid_bind") from exc
+    return tuple(binds)
 
 
 def _check_request(request: ExecutionRequest) -> None:

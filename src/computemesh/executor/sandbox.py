@@ -7,6 +7,10 @@ What a job sees inside the sandbox:
   symlinks (merged-/usr systems such as Debian), read-only binds where it has
   directories. Nothing else of the host file system: no ``/home``, ``/root``, ``/var``,
   ``/work``, ``/run``, ``/sys`` or host ``/tmp``.
+* Extra read-only binds the executor was configured with (``ReadOnlyBind``), for
+  example a Python interpreter and the packages a runtime offers (``python_runtime``);
+  each is one host file or directory at a sandbox path outside the sandbox's own
+  locations (``check_read_only_bind``). Nothing is bound unless configured.
 * In ``/etc`` only:
     - ``/etc/ld.so.cache`` (host, read-only): the dynamic linker's library index;
     - ``/etc/alternatives`` (host, read-only): Debian's ``/usr/bin`` symlinks
@@ -57,7 +61,18 @@ ROOT_ENTRIES = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_ETC_ENTRIES = ("/etc/ld.so.cache", "/etc/alternatives")
 """Host ``/etc`` entries bound read-only (see the module docstring for why)."""
 
+RESERVED_SANDBOX_PATHS = ("/work", "/tmp", "/dev", "/proc", "/etc", "/usr", *ROOT_ENTRIES)
+"""Sandbox locations an extra bind may not cover or sit inside (the sandbox owns them)."""
+
 MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ReadOnlyBind:
+    """One host path (``source``) visible read-only at ``destination`` in the sandbox."""
+
+    source: str
+    destination: str
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,8 @@ class SandboxConfig:
 
     ``work_source`` is the host path bound at /work. ``data_fds`` maps sandbox paths to
     descriptors whose content becomes a read-only file there. ``info_fd`` receives
-    bwrap's JSON report with the host pid of the sandbox's init process.
+    bwrap's JSON report with the host pid of the sandbox's init process. ``ro_binds``
+    are extra host paths bound read-only (each checked by ``check_read_only_bind``).
     """
 
     bwrap: str
@@ -93,6 +109,7 @@ class SandboxConfig:
     tmpfs_bytes: int
     info_fd: int
     data_fds: Mapping[str, int] = field(default_factory=dict)
+    ro_binds: Sequence[ReadOnlyBind] = ()
 
 
 def find_bwrap(path: str | None = None) -> str | None:
@@ -143,6 +160,27 @@ def synthetic_etc_files() -> dict[str, bytes]:
     }
 
 
+def check_read_only_bind(bind: ReadOnlyBind) -> None:
+    """Raise ValueError unless ``bind`` is safe to add to any sandbox.
+
+    Both paths must be absolute and normalised; the destination must not be ``/``, nor
+    one of ``RESERVED_SANDBOX_PATHS`` or inside one, nor contain one.
+    """
+    for label, path in (("source", bind.source), ("destination", bind.destination)):
+        if not path.startswith("/") or os.path.normpath(path) != path or "\x00" in path:
+            raise ValueError(f"bind {label} {path!r} must be an absolute, normalised path")
+    destination = bind.destination
+    if destination == "/":
+        raise ValueError("a bind may not cover the sandbox root")
+    for reserved in RESERVED_SANDBOX_PATHS:
+        if _within(destination, reserved) or _within(reserved, destination):
+            raise ValueError(f"bind destination {destination!r} overlaps {reserved}")
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent + "/")
+
+
 def tmpfs_bytes_for(limits: SandboxLimits) -> int:
     """Size of each private tmpfs (/tmp, /dev/shm): the job's file size limit."""
     return limits.max_file_mb * MIB
@@ -154,6 +192,7 @@ def build_bwrap_argv(config: SandboxConfig) -> list[str]:
         config.bwrap,
         *_namespace_args(),
         *_system_args(config.layout),
+        *_read_only_bind_args(config.ro_binds),
         *_etc_args(config.data_fds),
         *_scratch_args(config.tmpfs_bytes),
         *("--bind", config.work_source, SANDBOX_WORK_DIR, "--chdir", SANDBOX_WORK_DIR),
@@ -187,6 +226,13 @@ def _system_args(layout: HostLayout) -> list[str]:
             args += ["--ro-bind", entry.path, entry.path]
     for path in layout.etc_entries:
         args += ["--ro-bind", path, path]
+    return args
+
+
+def _read_only_bind_args(binds: Sequence[ReadOnlyBind]) -> list[str]:
+    args: list[str] = []
+    for bind in binds:
+        args += ["--ro-bind", bind.source, bind.destination]
     return args
 
 

@@ -1,5 +1,6 @@
 """Pure data: specs, market messages, errors. Nothing here does I/O."""
 
+from computemesh.models.ensemble import EnsembleSpec, LatencyBound
 from computemesh.models.errors import (
     EnvelopeRejected,
     ExecutionError,
@@ -12,7 +13,14 @@ from computemesh.models.errors import (
     TransportError,
     VerificationError,
 )
-from computemesh.models.job import Constraints, InputFile, JobSpec, Resources, sha256_hex
+from computemesh.models.job import (
+    Constraints,
+    InputFile,
+    JobSpec,
+    Preferences,
+    Resources,
+    sha256_hex,
+)
 from computemesh.models.market import (
     Advertisement,
     Bid,
@@ -37,6 +45,7 @@ __all__ = [
     "Capacity",
     "Constraints",
     "ContractTerms",
+    "EnsembleSpec",
     "EnvelopeRejected",
     "ExecutionError",
     "GpuInfo",
@@ -46,9 +55,11 @@ __all__ = [
     "InputFile",
     "JobResult",
     "JobSpec",
+    "LatencyBound",
     "MeshError",
     "NoProviderError",
     "OutputFile",
+    "Preferences",
     "RemoteError",
     "RequestTimeout",
     "ResourceUsage",

@@ -89,30 +89,162 @@ class InputFile(_Strict):
         return None
 
 
+COMPUTE_CAPABILITY_PATTERN = r"^[0-9]{1,2}\.[0-9]{1,2}$"
+COUNTRY_PATTERN = r"^[A-Z]{2}$"
+CITY_PATTERN = r"^[^\x00-\x1f]{1,64}$"
+
+ComputeCapability = Annotated[str, Field(pattern=COMPUTE_CAPABILITY_PATTERN)]
+Country = Annotated[str, Field(pattern=COUNTRY_PATTERN, description="ISO 3166-1 alpha-2.")]
+City = Annotated[str, Field(pattern=CITY_PATTERN)]
+Organisation = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def compute_capability_value(text: str) -> int:
+    """``"8.6"`` as ``806``: major x 100 + minor, so capabilities compare as integers."""
+    major, minor = text.split(".")
+    return int(major) * 100 + int(minor)
+
+
+GPU_DETAIL_FIELDS = (
+    "gpu_model",
+    "gpu_vendor",
+    "vram_mb",
+    "min_compute_capability",
+    "max_compute_capability",
+)
+
+
 class Resources(_Strict):
+    """What one allocation needs; every GPU field but ``gpu_count`` describes each GPU."""
+
     cpu: float = Field(default=1.0, gt=0, le=1024, description="CPU cores.")
     memory_mb: int = Field(default=256, ge=16, le=16 * 1024 * 1024)
     disk_mb: int = Field(default=256, ge=1, le=1024 * 1024 * 1024)
     gpu_count: int = Field(default=0, ge=0, le=64)
-    gpu_model: str | None = Field(default=None, max_length=128)
-    vram_mb: int = Field(default=0, ge=0, le=16 * 1024 * 1024)
+    gpu_model: str | None = Field(
+        default=None, max_length=128, description="Matched case-insensitively as a substring."
+    )
+    gpu_vendor: str | None = Field(
+        default=None, max_length=32, description="For example nvidia, amd; case-insensitive."
+    )
+    vram_mb: int = Field(default=0, ge=0, le=16 * 1024 * 1024, description="Per GPU, at least.")
+    min_compute_capability: ComputeCapability | None = Field(
+        default=None, description='Per GPU, at least this CUDA compute capability ("8.0").'
+    )
+    max_compute_capability: ComputeCapability | None = Field(
+        default=None, description="Per GPU, at most this compute capability."
+    )
 
     @model_validator(mode="after")
     def _gpu_fields_need_gpus(self) -> Self:
-        if self.gpu_count == 0 and (self.gpu_model is not None or self.vram_mb > 0):
-            raise ValueError("gpu_model and vram_mb need gpu_count of at least 1")
+        if self.gpu_count == 0:
+            given = [name for name in GPU_DETAIL_FIELDS if getattr(self, name)]
+            if given:
+                raise ValueError(f"{', '.join(given)}: need gpu_count of at least 1")
+        low, high = self.min_compute_capability, self.max_compute_capability
+        if low and high and compute_capability_value(low) > compute_capability_value(high):
+            raise ValueError(f"min_compute_capability {low} is above max_compute_capability {high}")
         return self
+
+    def needs_gpu_match(self) -> bool:
+        """True when the GPUs must match a model, vendor, VRAM or compute capability."""
+        return self.gpu_count > 0 and any(getattr(self, name) for name in GPU_DETAIL_FIELDS)
 
 
 Architecture = Literal["x86_64", "aarch64", "armv7l", "riscv64"]
 
+Weight = Annotated[float, Field(ge=0, le=100)]
+
+
+class Preferences(_Strict):
+    """Soft preferences: how much each quality of a node counts when ranking candidates.
+
+    Each quality is scored from 0 (worst) to 1 (best); a node's score is the weighted mean
+    of the qualities whose weight is above zero. Latency counts only when ``near`` names
+    the region it is measured to (usually the consumer's).
+    """
+
+    price: Weight = Field(default=1.0, description="Cheaper is better.")
+    latency: Weight = Field(default=0.5, description="Lower round trip to `near` is better.")
+    reputation: Weight = Field(default=0.5, description="Higher reputation is better.")
+    load: Weight = Field(default=0.25, description="More idle CPU is better.")
+    success_rate: Weight = Field(default=0.5, description="Past success with this node.")
+    near: Region | None = Field(default=None, description="Region latency is measured to.")
+
 
 class Constraints(_Strict):
+    """Hard constraints on where a job may run; an empty accept list accepts anything."""
+
     regions: list[Region] = Field(default_factory=list, description="Accepted regions; empty: any.")
+    exclude_regions: list[Region] = Field(default_factory=list, description="Rejected regions.")
+    countries: list[Country] = Field(default_factory=list, description="Accepted countries.")
+    exclude_countries: list[Country] = Field(default_factory=list)
+    cities: list[City] = Field(default_factory=list, description="Accepted cities (any case).")
+    exclude_cities: list[City] = Field(default_factory=list)
     architectures: list[Architecture] = Field(default_factory=list)
     max_price_per_cpu_hour: float | None = Field(default=None, ge=0)
     providers: list[Did] = Field(
         default_factory=list, description="Allowed provider DIDs; empty: any."
+    )
+    exclude_providers: list[Did] = Field(default_factory=list, description="Denied providers.")
+    organisations: list[Organisation] = Field(
+        default_factory=list, description="The node must belong to one of these; empty: any."
+    )
+    min_reputation: float | None = Field(default=None, ge=0, le=1)
+    pinned_node: Did | None = Field(default=None, description="Run only on this provider.")
+    preferences: Preferences = Field(default_factory=Preferences)
+
+    @model_validator(mode="after")
+    def _no_contradictions(self) -> Self:
+        problems = constraint_contradictions(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def constraint_contradictions(rules: Constraints) -> list[str]:
+    """Every pair of constraints that no node could satisfy together, naming the fields."""
+    problems = []
+    pairs = (
+        ("regions", "exclude_regions", rules.regions, rules.exclude_regions),
+        ("countries", "exclude_countries", rules.countries, rules.exclude_countries),
+        (
+            "cities",
+            "exclude_cities",
+            [c.casefold() for c in rules.cities],
+            [c.casefold() for c in rules.exclude_cities],
+        ),
+        ("providers", "exclude_providers", rules.providers, rules.exclude_providers),
+    )
+    for accept_name, reject_name, accepted, rejected in pairs:
+        both = sorted(set(accepted) & set(rejected))
+        if both:
+            problems.append(f"{accept_name} and {reject_name} both list {', '.join(both)}")
+    pinned = rules.pinned_node
+    if pinned is not None and pinned in rules.exclude_providers:
+        problems.append("pinned_node is listed in exclude_providers")
+    if pinned is not None and rules.providers and pinned not in rules.providers:
+        problems.append("pinned_node is not among providers")
+    return problems
+
+
+PYTHON_VERSION_PATTERN = r"^3\.[0-9]{1,2}$"
+PACKAGE_REQUIREMENT_PATTERN = (
+    r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?(?:==[A-Za-z0-9][A-Za-z0-9.+!_-]{0,62})?$"
+)
+
+
+class RuntimeSpec(_Strict):
+    """Software a job needs on the provider: a Python version and packages it can import.
+
+    A node offers runtimes per executor; one that cannot meet every part refuses the job.
+    """
+
+    python: str = Field(pattern=PYTHON_VERSION_PATTERN, description='Major.minor, e.g. "3.11".')
+    packages: list[Annotated[str, Field(pattern=PACKAGE_REQUIREMENT_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description='Distribution names, each optionally pinned: "numpy" or "numpy==2.4.6".',
     )
 
 
@@ -120,7 +252,7 @@ class JobSpec(_Strict):
     """A job as the consumer writes it (YAML or JSON)."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    executor: Literal["process"] = "process"
+    executor: Literal["process", "wasm", "onnx"] = "process"
     command: list[Annotated[str, Field(max_length=4096)]] = Field(min_length=1, max_length=256)
     env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict)
     inputs: list[InputFile] = Field(default_factory=list, max_length=256)
@@ -160,3 +292,22 @@ class JobSpec(_Strict):
     def is_resolved(self) -> bool:
         """True when every input is inline and content-addressed (ready to send)."""
         return all(item.source is None and item.sha256 is not None for item in self.inputs)
+
+    fuel: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**18,
+        description="Fuel budget of a wasm job (deterministic instruction count); "
+        "default: derived from the CPU time (cpu x timeout_s).",
+    )
+
+    @model_validator(mode="after")
+    def _fuel_needs_wasm(self) -> Self:
+        if self.fuel is not None and self.executor != "wasm":
+            raise ValueError("fuel applies to the wasm executor only")
+        return self
+
+    runtime: RuntimeSpec | None = Field(
+        default=None,
+        description="The Python runtime the job needs; the onnx executor offers one.",
+    )

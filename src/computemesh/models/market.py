@@ -7,11 +7,19 @@ long after the envelope that carried them expired.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from computemesh.models.job import Did, JobSpec, Region
+from computemesh.models.job import (
+    City,
+    ComputeCapability,
+    Country,
+    Did,
+    JobSpec,
+    Organisation,
+    Region,
+)
 
 HEX64 = r"^[0-9a-f]{64}$"
 ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -25,6 +33,9 @@ class GpuInfo(_Wire):
     model: str = Field(max_length=128)
     vram_mb: int = Field(ge=0)
     vendor: str = Field(default="nvidia", max_length=32)
+    compute_capability: ComputeCapability | None = Field(
+        default=None, description='CUDA compute capability, "8.0" style; none if unknown.'
+    )
 
 
 class Hardware(_Wire):
@@ -56,6 +67,20 @@ class Advertisement(_Wire):
     sandboxed: bool
     free: Capacity
     version: str = Field(max_length=32)
+    country: Country | None = None
+    city: City | None = None
+    organisations: list[Organisation] = Field(default_factory=list, max_length=16)
+    reputation: float | None = Field(default=None, ge=0, le=1)
+    latency_ms: dict[Region, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Measured round trip from this node to each region, in ms.",
+    )
+    runtimes: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description='Runtimes jobs can use: "python3.11", "python3.11/numpy==2.4.6".',
+    )
 
 
 class Heartbeat(_Wire):

@@ -36,6 +36,7 @@ from computemesh.models.market import (
 )
 from computemesh.models.validation import parse_job_spec, parse_model
 from computemesh.node.capacity import CapacityLedger
+from computemesh.node.runtimes import offered_runtimes, runtime_refusals
 from computemesh.node.settings import NodeSettings
 from computemesh.protocol import check_proposal, countersign, sign_result, spec_digest
 from computemesh.store import AllocationRecord, AllocationRepository
@@ -119,6 +120,7 @@ class ProviderNode:
             sandboxed=self.settings.sandbox and bool(self.executors),
             free=self.ledger.free(),
             version=__version__,
+            runtimes=offered_runtimes(self.executors),
         )
 
     async def publish_advertisement(self) -> None:
@@ -156,7 +158,10 @@ class ProviderNode:
     def refusal_reasons(self, spec: JobSpec) -> list[str]:
         if not self.executors:
             return [NO_SANDBOX_REASON]
-        return unmet_requirements(spec, self.advertisement(), self.did)
+        return [
+            *unmet_requirements(spec, self.advertisement(), self.did),
+            *runtime_refusals(spec, self.executors),
+        ]
 
     async def on_bid_request(self, inbound: Inbound) -> None:
         request = parse_model(BidRequest, inbound.payload, what="bid request")
@@ -255,6 +260,7 @@ class ProviderNode:
             inputs=inputs,
             outputs=list(spec.outputs),
             limits=limits,
+            fuel=spec.fuel,
         )
 
     def _job_result(self, terms: ContractTerms, outcome: ExecutionResult) -> JobResult:

@@ -1,0 +1,209 @@
+"""`cmesh wallet` (balances, stake, history) and `cmesh ledger` (init, verify).
+
+Both work on the embedded ledger, ``$CMESH_HOME/ledger.db`` unless ``--ledger PATH``.
+Amounts are typed and shown in credits (six decimals) and kept as integer units.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from computemesh.cli.context import home_of
+from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
+from computemesh.identity import load_or_create_identity
+from computemesh.settlement import (
+    LedgerSettings,
+    Receipt,
+    SettlementError,
+    SqliteLedger,
+    credits_to_units,
+    format_credits,
+)
+
+LEDGER_FILE = "ledger.db"
+
+wallet_app = typer.Typer(
+    help="Your balances, stake and history on the ledger.", no_args_is_help=True
+)
+ledger_app = typer.Typer(help="The embedded ledger: create it, verify it.", no_args_is_help=True)
+
+LedgerOption = typer.Option(None, "--ledger", help="Ledger file (default: <home>/ledger.db).")
+JsonOption = typer.Option(False, "--json", help="Print one JSON object.")
+
+
+def _ledger_path(ctx: typer.Context, explicit: Path | None) -> Path:
+    return explicit if explicit is not None else home_of(ctx).root / LEDGER_FILE
+
+
+def _open(ctx: typer.Context, explicit: Path | None) -> SqliteLedger:
+    path = _ledger_path(ctx, explicit)
+    if not path.exists():
+        raise SettlementError(
+            f"no ledger at {path}", code="no_ledger", hint="create one with `cmesh ledger init`"
+        )
+    home = home_of(ctx)
+    home.ensure()
+    return SqliteLedger.open(path, load_or_create_identity(home.root))
+
+
+def _own_did(ctx: typer.Context) -> str:
+    home = home_of(ctx)
+    home.ensure()
+    return load_or_create_identity(home.root).did
+
+
+def receipt_row(receipt: Receipt) -> dict[str, Any]:
+    body = receipt.body
+    return {
+        "op": receipt.op,
+        "op_id": receipt.op_id,
+        "amount": receipt.amount,
+        "refund": receipt.refund,
+        "contract_id": body.get("contract_id"),
+        "at_ms": body.get("at_ms"),
+    }
+
+
+@ledger_app.command("init")
+def init(
+    ctx: typer.Context,
+    treasury: str | None = typer.Option(None, "--treasury", help="Treasury DID (default: you)."),
+    arbiter: list[str] = typer.Option([], "--arbiter", help="DID allowed to sign fraud records."),
+    verifier: list[str] = typer.Option([], "--verifier", help="DID trusted to attest results."),
+    ledger: Path | None = LedgerOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Create an embedded ledger written by this home's identity."""
+    with reported_errors(as_json=as_json):
+        path = _ledger_path(ctx, ledger)
+        if path.exists():
+            raise SettlementError(f"{path} exists already", code="ledger_exists")
+        home = home_of(ctx)
+        home.ensure()
+        identity = load_or_create_identity(home.root)
+        settings = LedgerSettings(
+            treasury=treasury or identity.did,
+            arbiters=frozenset(arbiter),
+            verifiers=frozenset(verifier),
+        )
+        opened = SqliteLedger.open(path, identity, settings)
+        data = {"ledger": str(path), "ledger_id": opened.ledger_id, **settings.to_dict()}
+        if as_json:
+            emit_json(data)
+        else:
+            console.print(f"created {path} (ledger {opened.ledger_id[:16]})", highlight=False)
+
+
+@ledger_app.command("verify")
+def verify(
+    ctx: typer.Context, ledger: Path | None = LedgerOption, as_json: bool = JsonOption
+) -> None:
+    """Check every entry's signature, the hash chain, double entry and the balances."""
+    with reported_errors(as_json=as_json):
+        report = _open(ctx, ledger).verify()
+        if as_json:
+            emit_json(report.to_dict())
+        elif report.ok:
+            console.print(
+                f"ok: {report.entries} entries, head {report.head[:16]}, "
+                f"supply {format_credits(report.supply)} credits",
+                highlight=False,
+            )
+        else:
+            err_console.print(f"[bold red]the ledger does not verify[/] ({report.entries} entries)")
+            for problem in report.problems:
+                err_console.print(f"  - {problem}", highlight=False)
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+@wallet_app.command("balance")
+def balance(
+    ctx: typer.Context,
+    did: str | None = typer.Argument(None, help="Account DID (default: this home's)."),
+    ledger: Path | None = LedgerOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Available, escrowed and staked credits of an account."""
+    with reported_errors(as_json=as_json):
+        result = _open(ctx, ledger).balance(did or _own_did(ctx))
+        if as_json:
+            emit_json(result.to_dict())
+            return
+        table = Table(title=f"wallet {short(result.did)}")
+        for column in ("available", "escrowed", "staked"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            *(format_credits(v) for v in (result.available, result.escrowed, result.staked))
+        )
+        console.print(table)
+
+
+@wallet_app.command("history")
+def history(
+    ctx: typer.Context,
+    did: str | None = typer.Argument(None, help="Account DID (default: this home's)."),
+    ledger: Path | None = LedgerOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Every operation that involved an account, oldest first."""
+    with reported_errors(as_json=as_json):
+        rows = [receipt_row(r) for r in _open(ctx, ledger).history(did or _own_did(ctx))]
+        if as_json:
+            emit_json({"history": rows})
+            return
+        table = Table(title=f"{len(rows)} operation(s)")
+        for column in ("op", "amount", "refund", "contract"):
+            table.add_column(column)
+        for row in rows:
+            amount, refund = format_credits(row["amount"]), format_credits(row["refund"])
+            table.add_row(row["op"], amount, refund, row["contract_id"] or "-")
+        console.print(table)
+
+
+@wallet_app.command("deposit")
+def deposit(
+    ctx: typer.Context,
+    amount: str = typer.Argument(..., help="Credits, e.g. 12.5"),
+    did: str | None = typer.Option(None, "--to", help="Account DID (default: this home's)."),
+    deposit_id: str | None = typer.Option(None, "--id", help="Idempotency id (default: new)."),
+    ledger: Path | None = LedgerOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Credit an account from outside the ledger (its operator's faucet on test networks)."""
+    with reported_errors(as_json=as_json):
+        units = credits_to_units(amount)
+        op_id = deposit_id or f"cli-{os.urandom(8).hex()}"
+        receipt = _open(ctx, ledger).deposit(did or _own_did(ctx), units, deposit_id=op_id)
+        _print_receipt(receipt, as_json=as_json)
+
+
+@wallet_app.command("stake")
+def stake(
+    ctx: typer.Context,
+    amount: str = typer.Argument(..., help="Credits to move into stake, e.g. 10"),
+    stake_id: str | None = typer.Option(None, "--id", help="Idempotency id (default: new)."),
+    ledger: Path | None = LedgerOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Move credits of this home's account into its stake."""
+    with reported_errors(as_json=as_json):
+        units = credits_to_units(amount)
+        op_id = stake_id or f"cli-{os.urandom(8).hex()}"
+        receipt = _open(ctx, ledger).stake(_own_did(ctx), units, stake_id=op_id)
+        _print_receipt(receipt, as_json=as_json)
+
+
+def _print_receipt(receipt: Receipt, *, as_json: bool) -> None:
+    if as_json:
+        emit_json({"receipt": receipt.to_dict()})
+    else:
+        console.print(
+            f"{receipt.op} {format_credits(receipt.amount)} credits ({receipt.op_id})",
+            highlight=False,
+        )
