@@ -94,7 +94,7 @@ def _assign(
     needs = [(job_id, as_requirement(job)) for job_id, job in jobs]
     if len({job_id for job_id, _ in needs}) != len(needs):
         raise ValueError("job ids must be unique within a batch")
-    needs.sort(key=_largest_first)
+    needs = _largest_first(needs)
     free = _FreeCapacity(index.free[:, : index.size])
     placements, unplaced = {}, []
     dids = index.dids
@@ -102,15 +102,21 @@ def _assign(
         positions = group.take(free, need.amounts, need.replicas)
         if positions is None:
             unplaced.append(job_id)
-            continue
-        order, scores = group.order, group.order_scores
-        rows = [order[p] for p in positions]
-        free.take(rows, need.amounts)
-        placements[job_id] = Placement(
-            job_id,
-            tuple([dids[row] or "" for row in rows]),
-            tuple([scores[p] for p in positions]),
-        )
+        elif len(positions) == 1:
+            row = group.order[positions[0]]
+            free.take_one(row, need.amounts)
+            placements[job_id] = Placement(
+                job_id, (dids[row] or "",), (group.order_scores[positions[0]],)
+            )
+        else:
+            rows = [group.order[p] for p in positions]
+            for row in rows:
+                free.take_one(row, need.amounts)
+            placements[job_id] = Placement(
+                job_id,
+                tuple([dids[row] or "" for row in rows]),
+                tuple([group.order_scores[p] for p in positions]),
+            )
     explanations = {}
     if explain_unplaced:
         by_id, left = dict(needs), free.synced()
@@ -118,10 +124,14 @@ def _assign(
     return BatchResult(placements, tuple(unplaced), explanations)
 
 
-def _largest_first(item: tuple[str, Requirement]) -> tuple[float, float, float, float, str]:
-    job_id, need = item
-    cpu, memory, disk, gpus = need.amounts
-    return (-gpus, -cpu, -memory, -disk, job_id)
+def _largest_first(needs: list[tuple[str, Requirement]]) -> list[tuple[str, Requirement]]:
+    """By GPUs, cpu, memory, disk, all descending, then job id."""
+    if not needs:
+        return needs
+    amounts = np.array([need.amounts for _, need in needs])
+    ids = np.array([job_id for job_id, _ in needs])
+    order = np.lexsort((ids, -amounts[:, 2], -amounts[:, 1], -amounts[:, 0], -amounts[:, 3]))
+    return [needs[i] for i in order.tolist()]
 
 
 def _groups(
@@ -145,15 +155,13 @@ class _FreeCapacity:
         self.rows = _RowLists(self.matrix)
         self._dirty: set[int] = set()
 
-    def take(self, rows: list[int], amounts: Amounts) -> None:
-        cpu, memory, disk, gpus = amounts
-        for row in rows:
-            left = self.rows[row]
-            left[0] -= cpu
-            left[1] -= memory
-            left[2] -= disk
-            left[3] -= gpus
-            self._dirty.add(row)
+    def take_one(self, row: int, amounts: Amounts) -> None:
+        left = self.rows[row]
+        left[0] -= amounts[0]
+        left[1] -= amounts[1]
+        left[2] -= amounts[2]
+        left[3] -= amounts[3]
+        self._dirty.add(row)
 
     def synced(self) -> Capacity:
         """The matrix, with every change made so far."""

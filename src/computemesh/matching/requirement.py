@@ -35,7 +35,8 @@ CAPACITY_CHECKS = frozenset({"cpu", "memory", "gpu", "disk"})
 """The checks that read free capacity; all others depend only on the advertisement."""
 
 Amounts = tuple[float, float, float, float]
-"""cpu cores, memory MB, disk MB, GPUs: the order of every capacity vector here."""
+"""cpu cores, memory MB, disk MB, GPUs: the order of every capacity vector here (memory,
+disk and GPUs may be ints)."""
 
 
 class GpuNeed(NamedTuple):
@@ -96,14 +97,17 @@ class Requirement(NamedTuple):
     @classmethod
     def of(cls, spec: JobSpec) -> Requirement:
         need, rules = spec.resources, spec.constraints
-        gpu = _gpu_need(spec) if need.gpu_count else None
-        if rules.model_fields_set <= _ONLY_PREFERENCES:
+        gpus = need.gpu_count
+        gpu = _gpu_need(spec) if gpus else None
+        given = rules.model_fields_set
+        if given <= _ONLY_PREFERENCES:
             filters = Filters(spec.executor, gpu, *_NO_RULES)
         else:
             filters = _filters(spec, gpu)
-        prefer = rules.preferences
-        weights = _weights_of(prefer) if prefer.model_fields_set else _DEFAULT_WEIGHTS
-        amounts = (need.cpu, float(need.memory_mb), float(need.disk_mb), float(need.gpu_count))
+        weights = _DEFAULT_WEIGHTS
+        if "preferences" in given and rules.preferences.model_fields_set:
+            weights = _weights_of(rules.preferences)
+        amounts = (need.cpu, need.memory_mb, need.disk_mb, gpus)
         return cls(spec.name, amounts, spec.replicas, filters, weights)
 
     def active_checks(self) -> tuple[str, ...]:
