@@ -46,6 +46,11 @@ def test_up_status_submit_result_down(tmp_path: Path) -> None:
         assert {node["did"] for node in status["nodes"]} == {n["did"] for n in state["nodes"]}
         assert all(node["sandboxed"] for node in status["nodes"])
 
+        ranked = as_json(cmesh(tmp_path, "match", "--dry-run", "examples/primes.yaml", "--json"))
+        assert len(ranked["candidates"]) == 2
+        assert ranked["candidates"][0]["provider"] == state["nodes"][0]["did"]  # cheapest
+        assert ranked["explanation"]["placeable"] is True
+
         submitted = as_json(cmesh(tmp_path, "submit", "examples/primes.yaml", "--json"))
         assert submitted["status"] == "running"
         result = as_json(cmesh(tmp_path, "result", submitted["job_id"][:8], "--json"))

@@ -110,6 +110,7 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         "down",
         "status",
         "submit",
+        "match",
         "jobs",
         "result",
         "demo",

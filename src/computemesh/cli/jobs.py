@@ -14,7 +14,9 @@ from computemesh.app.consumer import consumer_session, open_jobs
 from computemesh.app.home import MeshHome
 from computemesh.cli.context import home_of
 from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
+from computemesh.models.errors import MeshError
 from computemesh.models.validation import job_spec_schema
+from computemesh.orchestrator.dry_run import dry_run
 from computemesh.orchestrator.specfile import load_job_spec
 from computemesh.store import JobRecord
 
@@ -138,6 +140,45 @@ def result(
             emit_json(job_view(record))
         else:
             print_job(record)
+
+
+async def _match(home: MeshHome, url: str, spec_path: Path, limit: int, window: float) -> Any:
+    spec = load_job_spec(spec_path)
+    async with consumer_session(home, url) as orchestrator:
+        adverts = await orchestrator.discover(window_s=window)
+    return dry_run(spec, adverts, limit=limit)
+
+
+def match(
+    ctx: typer.Context,
+    spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Job spec (YAML/JSON)."),
+    dry_run_only: bool = typer.Option(
+        True, "--dry-run", help="Only rank candidates; `cmesh submit` deploys."
+    ),
+    limit: int = typer.Option(10, "--limit", min=1, max=1000, help="Candidates to show."),
+    window: float = typer.Option(1.0, "--window", min=0.1, max=30, help="Seconds to listen."),
+    nats: str | None = NatsOption,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show the nodes that would take a job, ranked with score breakdowns, and why not."""
+    with reported_errors(as_json=as_json):
+        if not dry_run_only:
+            raise MeshError("`cmesh match` never deploys", hint="deploy with `cmesh submit`")
+        home = home_of(ctx)
+        report = asyncio.run(_match(home, home.nats_url(nats), spec, limit, window))
+        if as_json:
+            emit_json(report)
+            return
+        table = Table(title=f"{len(report['candidates'])} candidate(s) for {report['job']}")
+        for column in ("rank", "node", "score", "qualities"):
+            table.add_column(column)
+        for rank, candidate in enumerate(report["candidates"], start=1):
+            qualities = ", ".join(f"{k} {v:.2f}" for k, v in candidate["qualities"].items())
+            table.add_row(
+                str(rank), short(candidate["provider"]), f"{candidate['score']:.3f}", qualities
+            )
+        console.print(table)
+        console.print(report["text"], highlight=False)
 
 
 schema_app = typer.Typer(help="Published JSON Schemas.", no_args_is_help=True)
