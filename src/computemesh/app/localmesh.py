@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +19,12 @@ from typing import Any
 from computemesh.app.home import READY_FILE, MeshHome
 from computemesh.identity import load_or_create_identity
 from computemesh.models.errors import MeshError
-from computemesh.transport import is_process_alive, start_nats_server, stop_process
+from computemesh.transport import (
+    is_process_alive,
+    spawn_detached,
+    start_nats_server,
+    stop_process,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +75,6 @@ def node_command(home: Path, nats_url: str, plan: NodePlan, *, sandbox: bool) ->
     return command
 
 
-def _spawn_detached(command: list[str], log_file: Path) -> int:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as log_stream:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_stream,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    return process.pid
-
-
 def _wait_ready(node_home: Path, pid: int, log_file: Path, deadline: float) -> dict[str, Any]:
     ready = node_home / READY_FILE
     while time.monotonic() < deadline:
@@ -110,7 +100,9 @@ def spawn_nodes(
         (node_home / READY_FILE).unlink(missing_ok=True)
         did = load_or_create_identity(node_home).did
         log_file = home.logs_dir / f"{plan.name}.log"
-        pid = _spawn_detached(node_command(node_home, nats_url, plan, sandbox=sandbox), log_file)
+        command = node_command(node_home, nats_url, plan, sandbox=sandbox)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        pid = spawn_detached(command, log_file, env=env).pid
         started.append(
             {
                 "name": plan.name,

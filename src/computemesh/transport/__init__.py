@@ -17,6 +17,7 @@ from computemesh.transport.natsserver import (
     find_nats_server,
     free_port,
     is_process_alive,
+    spawn_detached,
     start_nats_server,
     stop_process,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "find_nats_server",
     "free_port",
     "is_process_alive",
+    "spawn_detached",
     "start_nats_server",
     "stop_process",
     "validate_subject",

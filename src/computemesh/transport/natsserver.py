@@ -191,23 +191,36 @@ def _server_command(
     return command
 
 
-def _launch(command: list[str], log_file: Path) -> tuple[subprocess.Popen[bytes], int]:
+def spawn_detached(
+    command: list[str], log_file: Path, *, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session, output appended to ``log_file``.
+
+    The process outlives the caller; ``stop_process`` stops it by pid (and reaps it when
+    this interpreter started it). Raises OSError when the command cannot be run.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log_stream:
-        offset = log_stream.tell()
-        try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_stream,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise TransportError(
-                f"cannot run {command[0]}: {exc}", code="nats_server_failed", retryable=False
-            ) from exc
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
     _children[process.pid] = process
+    return process
+
+
+def _launch(command: list[str], log_file: Path) -> tuple[subprocess.Popen[bytes], int]:
+    offset = log_file.stat().st_size if log_file.exists() else 0
+    try:
+        process = spawn_detached(command, log_file)
+    except OSError as exc:
+        raise TransportError(
+            f"cannot run {command[0]}: {exc}", code="nats_server_failed", retryable=False
+        ) from exc
     return process, offset
 
 
