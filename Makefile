@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@command -v bwrap >/dev/null 2>&1 || scripts/install-system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,zk]'
 	npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --ignore-scripts --loglevel=error $(ANVIL_PACKAGE)
 	@touch $(STAMP)
 
