@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from computemesh.executor import CollectedOutput, ExecutionRequest, ExecutionResult
+from computemesh.models.errors import ExecutionError
 from computemesh.models.market import ResourceUsage
 
 Behaviour = Callable[[ExecutionRequest], tuple[int, bytes, dict[str, bytes]]]
@@ -66,3 +67,6 @@ class FakeExecutor:
 
     async def cleanup(self, handle: FakeHandle) -> None:
         return None
+
+    async def checkpoint(self, handle: FakeHandle) -> bytes:
+        raise ExecutionError("this executor keeps no checkpoints", code="no_checkpoint")

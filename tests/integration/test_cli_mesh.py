@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from computemesh.transport import is_process_alive
 
 pytestmark = [
     pytest.mark.integration,
@@ -78,8 +81,36 @@ def test_up_status_submit_result_down(tmp_path: Path) -> None:
         assert {job["status"] for job in jobs} == {"completed", "no_provider"}
     finally:
         down = as_json(cmesh(tmp_path, "down", "--json"))
-    assert sorted(down["stopped"]) == ["nats-server", "node-1", "node-2"]
+    assert sorted(down["stopped"]) == ["hub-1", "node-1", "node-2"]
     assert as_json(cmesh(tmp_path, "down", "--json"))["was_running"] is False
+
+
+def test_three_hubs_status_survive_one_lost_and_down_stops_all(tmp_path: Path) -> None:
+    state = as_json(cmesh(tmp_path, "up", "--hubs", "3", "--nodes", "2", "--json"))
+    try:
+        assert [hub["name"] for hub in state["hubs"]] == ["hub-1", "hub-2", "hub-3"]
+        assert state["nats_url"] == ",".join(hub["url"] for hub in state["hubs"])
+        status = as_json(cmesh(tmp_path, "status", "--json"))
+        assert [hub["alive"] for hub in status["hubs"]] == [True, True, True]
+        assert len(status["nodes"]) == 2
+
+        os.kill(state["hubs"][0]["pid"], signal.SIGKILL)
+        status = as_json(cmesh(tmp_path, "status", "--json"))
+        assert [hub["alive"] for hub in status["hubs"]] == [False, True, True]
+        assert {node["did"] for node in status["nodes"]} == {n["did"] for n in state["nodes"]}
+
+        waited = as_json(cmesh(tmp_path, "submit", "examples/sort.yaml", "--wait", "--json"))
+        assert waited["status"] == "completed" and waited["verified"] is True
+    finally:
+        down = as_json(cmesh(tmp_path, "down", "--json"))
+    assert sorted(down["stopped"]) == ["hub-2", "hub-3", "node-1", "node-2"]
+    assert all(not is_process_alive(hub["pid"]) for hub in state["hubs"])
+
+
+def test_hubs_cannot_join_an_existing_url(tmp_path: Path) -> None:
+    refused = cmesh(tmp_path, "up", "--hubs", "3", "--nats", "nats://127.0.0.1:4222", "--json")
+    assert refused.returncode != 0
+    assert json.loads(refused.stdout)["error"]["code"] == "bad_hubs"
 
 
 def test_demo_json_summary(tmp_path: Path) -> None:

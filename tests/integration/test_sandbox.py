@@ -414,3 +414,17 @@ async def test_unusable_paths_are_refused_before_anything_runs(
         with pytest.raises(ExecutionError):
             await run_to_completion(executor, bad, work_root)
     assert not (work_root.parent / "escape").exists()
+
+
+async def test_ten_gigabytes_of_output_are_counted_not_kept(
+    executor: ProcessExecutor, work_root: Path
+) -> None:
+    limits = SandboxLimits(wall_time_s=120, cpu_time_s=120, memory_mb=256, max_output_bytes=4096)
+    rss_before = psutil.Process().memory_info().rss
+    req = request(["sh", "-c", "head -c 10G /dev/zero"], limits=limits)
+    result, _ = await run_tracked(executor, req, work_root)
+    assert result.status == "completed", result.reason
+    assert len(result.stdout) == 4096 and result.stdout_truncated
+    assert result.usage.bytes_out == 10 * 1024**3
+    assert psutil.Process().memory_info().rss - rss_before < 64 * 1024 * 1024
+    await assert_still_works(executor, work_root)

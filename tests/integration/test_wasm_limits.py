@@ -6,6 +6,7 @@ Slower than the unit tests: each waits for a limit to pass.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from pathlib import Path
@@ -107,3 +108,45 @@ async def test_runs_in_parallel_do_not_interrupt_each_other(tmp_path: Path) -> N
     )
     assert (first.status, second.status) == ("timeout", "timeout")
     assert first.usage.wall_s < 0.8 <= second.usage.wall_s
+
+
+GROW = b"""(module (memory (export "memory") 1)
+  (func (export "_start")
+    (loop $more
+      (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))
+      (br $more))))"""
+HELLO = b"""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "fine\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 5))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+
+
+async def assert_still_works(executor: WasmExecutor, tmp_path: Path) -> None:
+    limits = SandboxLimits(wall_time_s=5, cpu_time_s=5, memory_mb=16)
+    result = await run_to_completion(executor, request(HELLO, limits), tmp_path)
+    assert result.status == "completed", result.reason
+    assert result.stdout == b"fine\n"
+
+
+async def test_out_of_fuel_ends_the_job_and_the_executor_keeps_serving(tmp_path: Path) -> None:
+    executor = WasmExecutor()
+    limits = SandboxLimits(wall_time_s=30, cpu_time_s=60, memory_mb=16)
+    starving = dataclasses.replace(request(LOOP, limits), fuel=100_000)
+    result = await run_to_completion(executor, starving, tmp_path)
+    assert result.status == "killed" and result.reason.startswith("out of fuel")
+    assert result.usage.fuel == 100_000
+    await assert_still_works(executor, tmp_path)
+
+
+async def test_memory_growth_past_the_limit_ends_the_job_and_the_executor_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    executor = WasmExecutor()
+    limits = SandboxLimits(wall_time_s=30, cpu_time_s=60, memory_mb=16)
+    result = await run_to_completion(executor, request(GROW, limits), tmp_path)
+    assert result.status == "killed"
+    assert result.usage.max_rss_kb <= 16 * 1024
+    await assert_still_works(executor, tmp_path)

@@ -11,6 +11,8 @@ from __future__ import annotations
 ADVERTISEMENT = "/mesh/node/advertisement"
 HEARTBEAT = "/mesh/node/heartbeat"
 DISCOVER = "/mesh/node/discover"
+PING = "/mesh/node/ping"
+"""Request: ``{"sent_ms"}``; the reply echoes it. Round trips between actors."""
 
 # Deployment: bidding and contracts.
 BID_REQUEST = "/mesh/deployment/bid_request"
@@ -22,6 +24,12 @@ COMMIT = "/mesh/deployment/commit"
 RESULT = "/mesh/allocation/result"
 RESULT_FETCH = "/mesh/allocation/result_fetch"
 
+# Allocations while they run: signed checkpoints and live output pushed to the consumer;
+# a node resuming a job fetches its checkpoint from the consumer.
+CHECKPOINT = "/mesh/allocation/checkpoint"
+CHECKPOINT_FETCH = "/mesh/allocation/checkpoint_fetch"
+LOG = "/mesh/allocation/log"
+
 ERROR = "/mesh/error"
 REPLY_SUFFIX = "/reply"
 
@@ -30,12 +38,16 @@ ALL = frozenset(
         ADVERTISEMENT,
         HEARTBEAT,
         DISCOVER,
+        PING,
         BID_REQUEST,
         BID,
         BID_REFUSAL,
         COMMIT,
         RESULT,
         RESULT_FETCH,
+        CHECKPOINT,
+        CHECKPOINT_FETCH,
+        LOG,
     }
 )
 

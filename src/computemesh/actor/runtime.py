@@ -28,6 +28,8 @@ from computemesh.models.errors import (
     IdentityError,
     MeshError,
     RemoteError,
+    RequestTimeout,
+    TransportError,
 )
 from computemesh.transport import Message, Subscription, Transport
 
@@ -36,6 +38,30 @@ log = logging.getLogger(__name__)
 ACTOR_SUBJECT_PREFIX = "mesh.actor."
 TOPIC_SUBJECT_PREFIX = "mesh.topic."
 DEFAULT_MAX_IN_FLIGHT = 256
+
+IDEMPOTENT_REQUESTS = frozenset({behaviours.COMMIT, behaviours.RESULT_FETCH})
+"""Requests safe to send again: a commit names its contract id, and a provider that already
+holds that contract answers with it instead of taking a second one; a result fetch reads."""
+RETRYABLE_TRANSPORT_CODES = frozenset({"no_responders", "disconnected"})
+
+
+@dataclass(frozen=True)
+class RequestRetry:
+    """How an idempotent request is retried while the bus loses and regains a hub.
+
+    The caller's timeout bounds all attempts together: each attempt gets an even share of
+    what is left, and a pause that doubles from ``first_pause_s`` up to ``max_pause_s``
+    separates attempts. Each retry is a fresh envelope (new nonce, same payload), so the
+    recipient's replay check never mistakes it for a replay.
+    """
+
+    attempts: int = 4
+    first_pause_s: float = 0.1
+    max_pause_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("a request needs at least one attempt")
 
 
 @dataclass(frozen=True)
@@ -82,11 +108,13 @@ class Actor:
         verifier: EnvelopeVerifier | None = None,
         ttl_s: float = 30.0,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        retry: RequestRetry | None = None,
     ) -> None:
         self.identity = identity
         self.transport = transport
         self.verifier = verifier or EnvelopeVerifier(replay_cache=ReplayCache())
         self.ttl_s = ttl_s
+        self.retry = retry or RequestRetry()
         self.rejections: dict[str, int] = {}
         self._handlers: dict[str, Handler] = {}
         self._topics: set[str] = set()
@@ -150,10 +178,33 @@ class Actor:
     ) -> dict[str, Any]:
         """Ask one actor and return its verified reply payload.
 
+        Requests in ``IDEMPOTENT_REQUESTS`` that time out or find no responder are retried
+        within ``timeout`` as ``self.retry`` says; others are sent once.
+
         Raises ``RequestTimeout``/``TransportError`` from the bus, ``EnvelopeRejected`` if the
         reply does not verify as coming from ``recipient``, and ``RemoteError`` carrying the
         remote code when the recipient answered with an error.
         """
+        if behavior not in IDEMPOTENT_REQUESTS:
+            return await self._request_once(recipient, behavior, payload, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pause = self.retry.first_pause_s
+        for attempts_left in range(self.retry.attempts, 0, -1):
+            share = max(deadline - loop.time(), 0.001) / attempts_left
+            try:
+                return await self._request_once(recipient, behavior, payload, share)
+            except TransportError as exc:
+                if attempts_left == 1 or not worth_retrying(exc):
+                    raise
+                log.info("%s to %s: %s; retrying", behavior, recipient, exc.code)
+            await asyncio.sleep(min(pause, max(deadline - loop.time(), 0.0)))
+            pause = min(pause * 2, self.retry.max_pause_s)
+        raise RequestTimeout(f"{behavior} to {recipient}: no attempt left")
+
+    async def _request_once(
+        self, recipient: str, behavior: str, payload: Mapping[str, Any], timeout: float
+    ) -> dict[str, Any]:
         data = self.seal(recipient, behavior, payload)
         reply = await self.transport.request(subject_for(recipient), data, timeout=timeout)
         envelope = self.verifier.open(
@@ -255,6 +306,11 @@ def claimed_sender(data: bytes, max_bytes: int) -> str | None:
     except (ValueError, AttributeError, IdentityError):
         pass
     return None
+
+
+def worth_retrying(exc: TransportError) -> bool:
+    """A lost reply or a recipient not (yet) reachable: what a hub failover looks like."""
+    return isinstance(exc, RequestTimeout) or exc.code in RETRYABLE_TRANSPORT_CODES
 
 
 def remote_error(payload: Mapping[str, Any]) -> RemoteError:

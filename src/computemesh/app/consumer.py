@@ -1,16 +1,37 @@
-"""Composition root of the consumer side: identity, bus, store and orchestrator."""
+"""Composition root of the consumer side: identity, bus, store, ledger and orchestrator."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import fcntl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from computemesh.actor import Actor
 from computemesh.app.home import MeshHome
+from computemesh.app.ledger import consumer_ledger
 from computemesh.identity import load_or_create_identity
 from computemesh.orchestrator import Orchestrator, OrchestratorSettings
 from computemesh.store import JobRepository, open_database, sqlite_url
 from computemesh.transport import NatsTransport
+
+RECOVERY_LOCK = "consumer.lock"
+
+
+@contextmanager
+def recovery_claim(home: MeshHome) -> Iterator[bool]:
+    """Whether this is the one session of ``home`` that resumes unfinished jobs.
+
+    An exclusive lock on ``<home>/consumer.lock``, held while the session lasts; the kernel
+    drops it when the process dies, even by SIGKILL, so the next session takes over.
+    """
+    home.ensure()
+    with (home.root / RECOVERY_LOCK).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def open_jobs(home: MeshHome) -> JobRepository:
@@ -24,17 +45,36 @@ async def consumer_session(
     nats_url: str,
     *,
     settings: OrchestratorSettings | None = None,
+    resume: bool = True,
 ) -> AsyncIterator[Orchestrator]:
-    """A started orchestrator on the mesh at ``nats_url``; stopped and disconnected on exit."""
+    """A started orchestrator on the mesh at ``nats_url``; stopped and disconnected on exit.
+
+    With ``resume``, the jobs a previous session left unfinished are taken up in the
+    background (``orchestrator.recovery``), unless another live session of this home does.
+
+    With a ledger in the home (``app.ledger``), every contract is paid through it.
+    """
     jobs = open_jobs(home)
     identity = load_or_create_identity(home.root)
+    ledger = consumer_ledger(home, identity)
     transport = await NatsTransport.connect(nats_url, name="cmesh-consumer")
     orchestrator = Orchestrator(
-        actor=Actor(identity=identity, transport=transport), jobs=jobs, settings=settings
+        actor=Actor(identity=identity, transport=transport),
+        jobs=jobs,
+        settings=settings,
+        ledger=ledger,
     )
-    try:
-        await orchestrator.start()
-        yield orchestrator
-    finally:
-        await orchestrator.stop()
-        await transport.close()
+    with recovery_claim(home) if resume else _no_claim() as claimed:
+        try:
+            await orchestrator.start()
+            if claimed:
+                orchestrator.recovery.start()
+            yield orchestrator
+        finally:
+            await orchestrator.stop()
+            await transport.close()
+
+
+@contextmanager
+def _no_claim() -> Iterator[bool]:
+    yield False

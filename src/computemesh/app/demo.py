@@ -2,7 +2,9 @@
 
 Brings up NATS and N provider processes under ``<home>/demo``, submits M jobs cycled from
 ``examples/``, waits for every signed result, verifies each and checks its outputs against
-``examples/expected.json``, then stops the mesh (also on Ctrl-C).
+``examples/expected.json``, then stops the mesh (also on Ctrl-C). Every contract is paid
+through the local mesh's ledger (``app.ledger``): the report says what each provider earned,
+what went to the treasury and what the consumer got back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from computemesh.models.errors import MeshError
 from computemesh.models.job import JobSpec
 from computemesh.orchestrator import Orchestrator
 from computemesh.orchestrator.specfile import load_job_spec
+from computemesh.settlement import UNITS_PER_CREDIT, Receipt
 from computemesh.store import JobRecord
 
 EXPECTED_FILE = "expected.json"
@@ -67,11 +70,42 @@ def outputs_match(record: JobRecord, expected: dict[str, str]) -> bool:
     return True
 
 
+def summarize_payments(
+    receipts: list[Receipt], contract_ids: set[str], providers: list[str]
+) -> dict[str, Any]:
+    """What the ledger moved for ``contract_ids``, in units: per provider (jobs paid,
+    earned), the treasury, model creators, and the consumer (locked, paid, refunded)."""
+    earned: dict[str, dict[str, Any]] = {
+        did: {"did": did, "jobs_paid": 0, "earned": 0} for did in providers
+    }
+    totals = {"locked": 0, "paid": 0, "refunded": 0, "treasury": 0, "creators": 0}
+    for receipt in receipts:
+        if receipt.body.get("contract_id") not in contract_ids:
+            continue
+        if receipt.op == "lock":
+            totals["locked"] += receipt.amount
+        totals["refunded"] += receipt.refund
+        if receipt.op != "release":
+            continue
+        payees, shares = receipt.body["payees"], receipt.shares
+        row = earned.setdefault(
+            payees["provider"], {"did": payees["provider"], "jobs_paid": 0, "earned": 0}
+        )
+        row["jobs_paid"] += 1 if receipt.body.get("final") else 0
+        row["earned"] += shares["provider"]
+        totals["paid"] += receipt.amount
+        totals["treasury"] += shares["treasury"]
+        creator_share = "treasury" if payees["creator"] == payees["treasury"] else "creators"
+        totals[creator_share] += shares["creator"]
+    return {"units_per_credit": UNITS_PER_CREDIT, "providers": list(earned.values()), **totals}
+
+
 @dataclass
 class DemoReport:
     nodes: int
     rows: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
+    payments: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -83,6 +117,7 @@ class DemoReport:
             "failed": sum(row["status"] != "completed" for row in self.rows),
             "wall_s": round(self.wall_s, 3),
             "jobs": self.rows,
+            "payments": self.payments,
         }
 
 
@@ -95,6 +130,7 @@ async def _run_one(
     provider = record.contracts[0]["terms"]["provider"] if record.contracts else None
     return {
         "job_id": record.job_id,
+        "contract_ids": [contract["terms"]["contract_id"] for contract in record.contracts],
         "example": example.spec_file,
         "status": record.status,
         "verified": bool(record.verified),
@@ -136,7 +172,9 @@ def run_demo(
     report = DemoReport(nodes=nodes)
     try:
         started = time.monotonic()
-        report.rows = asyncio.run(_demo_session(demo_home, state, examples, jobs, progress))
+        report.rows, report.payments = asyncio.run(
+            _demo_session(demo_home, state, examples, jobs, progress)
+        )
         report.wall_s = time.monotonic() - started
     finally:
         mesh_down(demo_home)
@@ -149,7 +187,13 @@ async def _demo_session(
     examples: list[ExampleJob],
     jobs: int,
     progress: Progress | None,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     async with consumer_session(home, state["nats_url"]) as orchestrator:
         await orchestrator.discover(window_s=0.5)
-        return await run_jobs(orchestrator, examples, jobs, progress)
+        rows = await run_jobs(orchestrator, examples, jobs, progress)
+        if orchestrator.payments is None:
+            return rows, None
+        contract_ids = {cid for row in rows for cid in row["contract_ids"]}
+        receipts = orchestrator.payments.ledger.history(orchestrator.actor.did)
+        providers = [node["did"] for node in state["nodes"]]
+        return rows, summarize_payments(receipts, contract_ids, providers)

@@ -3,10 +3,12 @@
 $CMESH_HOME (default ~/.computemesh)
 ├── identity.json          this user's key (see identity.keystore for the format)
 ├── consumer.db            the consumer's jobs (SQLite)
+├── ledger.db              the embedded ledger (a local mesh's is shared with its nodes)
 └── mesh/                  a local mesh started by `cmesh up`
     ├── state.json         NATS url and pid, node pids and homes
     ├── nats/              nats-server's JetStream store
     ├── logs/              nats.log, node-1.log, ...
+    ├── treasury/          the local network's treasury key (identity.json)
     └── nodes/node-1/      each node's own home: identity.json, node.db, work/
 """
 
@@ -22,6 +24,7 @@ from computemesh.identity.keystore import resolve_home
 from computemesh.models.errors import MeshError
 
 ENV_NATS_URL = "CMESH_NATS_URL"
+ENV_LEDGER = "CMESH_LEDGER"
 READY_FILE = "node.ready.json"
 
 
@@ -36,6 +39,14 @@ class MeshHome:
     @property
     def consumer_db(self) -> Path:
         return self.root / "consumer.db"
+
+    @property
+    def ledger_db(self) -> Path:
+        return self.root / "ledger.db"
+
+    @property
+    def treasury_home(self) -> Path:
+        return self.mesh_dir / "treasury"
 
     @property
     def mesh_dir(self) -> Path:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from computemesh.actor import Actor, Supervisor
 from computemesh.app.home import READY_FILE
+from computemesh.app.ledger import node_ledger_path, open_ledger
 from computemesh.executor import ProcessExecutor, WasmExecutor
 from computemesh.executor.base import Executor
+from computemesh.executor.docker import DockerExecutor
 from computemesh.executor.model_cache import ModelCache
 from computemesh.executor.onnx import OnnxExecutor, python_runtime_for_onnx
 from computemesh.identity import load_or_create_identity
@@ -51,19 +53,34 @@ def build_executors(settings: NodeSettings) -> dict[str, Executor]:
         )
     except ExecutionError as exc:
         log.error("not offering the onnx executor: %s", exc)
+    try:
+        executors["docker"] = DockerExecutor(
+            max_inline_output_bytes=settings.max_inline_output_bytes
+        )
+    except ExecutionError as exc:
+        log.info("not offering the docker executor: %s", exc)
     return executors
 
 
-def build_node(settings: NodeSettings, transport: Transport) -> ProviderNode:
+def build_node(
+    settings: NodeSettings, transport: Transport, *, ledger_path: Path | None = None
+) -> ProviderNode:
+    """The node; with a ledger (``ledger_path``, else ``$CMESH_LEDGER``) it countersigns
+    only contracts whose escrow is locked there."""
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     identity = load_or_create_identity(settings.home)
     sessions = open_database(sqlite_url(settings.database_path))
+    path = node_ledger_path(ledger_path)
+    settlement = open_ledger(path, identity) if path is not None else None
+    if path is not None:
+        log.info("checking escrow on the ledger %s", path)
     return ProviderNode(
         actor=Actor(identity=identity, transport=transport),
         settings=settings,
         hardware=detect_hardware(settings.work_root),
         allocations=AllocationRepository(sessions),
         executors=build_executors(settings),
+        settlement=settlement,
     )
 
 
@@ -73,7 +90,9 @@ def _write_ready_file(home: Path, did: str) -> Path:
     return path
 
 
-async def run_node(settings: NodeSettings, nats_url: str) -> None:
+async def run_node(
+    settings: NodeSettings, nats_url: str, *, ledger_path: Path | None = None
+) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly."""
     transport = await NatsTransport.connect(nats_url, name=f"cmesh-node:{settings.home.name}")
     stop = asyncio.Event()
@@ -82,7 +101,7 @@ async def run_node(settings: NodeSettings, nats_url: str) -> None:
         loop.add_signal_handler(signum, stop.set)
     supervisor = Supervisor()
     try:
-        node = build_node(settings, transport)
+        node = build_node(settings, transport, ledger_path=ledger_path)
         await node.run(supervisor)
         ready = _write_ready_file(settings.home, node.did)
         try:

@@ -12,6 +12,7 @@ from rich.table import Table
 from computemesh.app.demo import DemoReport, run_demo
 from computemesh.cli.context import home_of
 from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
+from computemesh.settlement import format_credits
 from computemesh.store import JobRecord
 
 
@@ -93,3 +94,24 @@ def print_report(report: DemoReport, summary: dict[str, Any]) -> None:
     for row in report.rows:
         if row["reason"]:
             console.print(f"  {row['job_id'][:12]}: {row['reason']}", highlight=False)
+    if report.payments is not None:
+        print_payments(report.payments)
+
+
+def print_payments(payments: dict[str, Any]) -> None:
+    """Credits each provider earned, the treasury's and creators' shares, the consumer's."""
+    table = Table(title="payments (credits, local ledger)")
+    table.add_column("provider", no_wrap=True)
+    table.add_column("jobs paid", justify="right")
+    table.add_column("earned", justify="right")
+    for row in payments["providers"]:
+        table.add_row(short(row["did"]), str(row["jobs_paid"]), format_credits(row["earned"]))
+    table.add_row("treasury", "", format_credits(payments["treasury"]))
+    if payments["creators"]:
+        table.add_row("model creators", "", format_credits(payments["creators"]))
+    console.print(table)
+    console.print(
+        f"consumer locked {format_credits(payments['locked'])}, paid"
+        f" {format_credits(payments['paid'])}, refunded {format_credits(payments['refunded'])}",
+        highlight=False,
+    )

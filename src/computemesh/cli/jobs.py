@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +17,59 @@ from computemesh.cli.context import home_of
 from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
 from computemesh.models.errors import MeshError
 from computemesh.models.validation import job_spec_schema
+from computemesh.orchestrator import Orchestrator
 from computemesh.orchestrator.dry_run import dry_run
-from computemesh.orchestrator.specfile import load_job_spec
-from computemesh.store import JobRecord
+from computemesh.orchestrator.ensembles import (
+    EnsembleOutcome,
+    is_ensemble_document,
+    load_ensemble_spec,
+)
+from computemesh.orchestrator.specfile import load_job_spec, read_spec_data
+from computemesh.store import JobRecord, JobRepository
 
 NatsOption = typer.Option(None, "--nats", help="NATS URL of the mesh (default: the local mesh).")
 
 
-def job_view(record: JobRecord) -> dict[str, Any]:
+def job_view(record: JobRecord, queue_position: int | None = None) -> dict[str, Any]:
     """A job as `--json` prints it: status, providers, and each signed result's essentials."""
     return {
         "job_id": record.job_id,
         "name": record.name,
         "status": record.status,
+        "queue_position": queue_position,
         "verified": record.verified,
         "reason": record.reason,
         "providers": [contract["terms"]["provider"] for contract in record.contracts],
         "results": [document["body"] for document in record.results],
+        "history": record.history,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }
 
 
-def print_job(record: JobRecord) -> None:
+def print_history(record: JobRecord) -> None:
+    """One line per event of the job's history, oldest first."""
+    if not record.history:
+        return
+    console.print("  history:", highlight=False)
+    for entry in record.history:
+        when = time.strftime("%H:%M:%S", time.localtime(entry["at"]))
+        detail = ", ".join(
+            f"{key} {short(value) if key in ('provider', 'from') else value}"
+            for key, value in entry["detail"].items()
+            if value not in (None, "")
+        )
+        console.print(f"    {when}  {entry['event']}  {detail}".rstrip(), highlight=False)
+
+
+def print_job(record: JobRecord, queue_position: int | None = None) -> None:
     verified = {True: "verified", False: "NOT verified", None: "not verified yet"}
     console.print(
         f"job {record.job_id} ({record.name}): {record.status}, {verified[record.verified]}",
         highlight=False,
     )
+    if queue_position is not None:
+        console.print(f"  queue position: {queue_position}", highlight=False)
     if record.reason:
         console.print(f"  reason: {record.reason}", highlight=False)
     for document in record.results:
@@ -61,6 +87,25 @@ def print_job(record: JobRecord) -> None:
             console.print("  stderr: " + body["stderr"].rstrip()[-2000:], highlight=False)
 
 
+def queued_note(record: JobRecord, position: int | None) -> str:
+    first = record.reason.splitlines()[0] if record.reason else "capacity is short"
+    return f"queued at position {position}: {first}"
+
+
+async def _follow_queue(orchestrator: Orchestrator, job_id: str) -> None:
+    """Print the job's queue position and reason whenever they change, until it leaves."""
+    shown = ""
+    while True:
+        record = orchestrator.jobs.get(job_id)
+        if record.status != "queued":
+            return
+        note = queued_note(record, orchestrator.queue_position(job_id))
+        if note != shown:
+            err_console.print(note, highlight=False)
+            shown = note
+        await asyncio.sleep(1.0)
+
+
 async def _submit(home: MeshHome, url: str, spec_path: Path, wait: bool) -> JobRecord:
     spec = load_job_spec(spec_path)
     async with consumer_session(home, url) as orchestrator:
@@ -69,9 +114,41 @@ async def _submit(home: MeshHome, url: str, spec_path: Path, wait: bool) -> JobR
         err_console.print(f"job {job_id} submitted; collecting bids ...")
         await orchestrator.place(job_id)
         if wait:
+            await _follow_queue(orchestrator, job_id)
             err_console.print("running; waiting for the signed result ...")
             return await orchestrator.await_outcome(job_id, timeout=spec.timeout_s + 30)
         return orchestrator.jobs.get(job_id)
+
+
+async def _submit_ensemble(home: MeshHome, url: str, spec_path: Path) -> EnsembleOutcome:
+    ensemble = load_ensemble_spec(read_spec_data(spec_path), spec_path.parent)
+    async with consumer_session(home, url) as orchestrator:
+        await orchestrator.discover(window_s=0.5)
+        err_console.print(
+            f"ensemble {ensemble.name}: placing {len(ensemble.allocations)} allocation(s) ..."
+        )
+        return await orchestrator.deploy_ensemble(ensemble)
+
+
+def print_ensemble(outcome: EnsembleOutcome) -> None:
+    console.print(f"ensemble {outcome.ensemble}: {outcome.status}", highlight=False)
+    if outcome.reason:
+        console.print(f"  reason: {outcome.reason}", highlight=False)
+    for name, view in outcome.to_dict()["allocations"].items():
+        console.print(
+            f"  {name}: job {view['job_id']} on {short(view['provider'])}: {view['status']}",
+            highlight=False,
+        )
+
+
+def submit_ensemble(home: MeshHome, url: str, spec: Path, as_json: bool) -> None:
+    outcome = asyncio.run(_submit_ensemble(home, url, spec))
+    if as_json:
+        emit_json(outcome.to_dict())
+    else:
+        print_ensemble(outcome)
+    if outcome.status != "completed":
+        raise typer.Exit(1)
 
 
 def submit(
@@ -81,14 +158,21 @@ def submit(
     nats: str | None = NatsOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Submit a job: bid, contract and run it on the best provider."""
+    """Submit a job (or an ensemble: a file with `allocations`) and run it on the best provider(s).
+
+    An ensemble is deployed whole and always waited for.
+    """
     with reported_errors(as_json=as_json):
         home = home_of(ctx)
+        if is_ensemble_document(read_spec_data(spec)):
+            submit_ensemble(home, home.nats_url(nats), spec, as_json)
+            return
         record = asyncio.run(_submit(home, home.nats_url(nats), spec, wait))
+        position = open_jobs(home).queue.position(record.job_id)
         if as_json:
-            emit_json(job_view(record))
+            emit_json(job_view(record, position))
         else:
-            print_job(record)
+            print_job(record, position)
         if record.status in {"failed", "no_provider"}:
             raise typer.Exit(1)
 
@@ -100,23 +184,30 @@ def jobs(
 ) -> None:
     """List this home's jobs, newest first."""
     with reported_errors(as_json=as_json):
-        records = open_jobs(home_of(ctx)).recent(limit=limit)
+        store = open_jobs(home_of(ctx))
+        records = store.recent(limit=limit)
+        positions = queue_positions(store)
         if as_json:
-            emit_json([job_view(record) for record in records])
+            emit_json([job_view(record, positions.get(record.job_id)) for record in records])
             return
         table = Table(title=f"{len(records)} job(s)")
         for column in ("job", "name", "status", "verified", "provider"):
             table.add_column(column)
         for record in records:
             provider = record.contracts[0]["terms"]["provider"] if record.contracts else None
+            position = positions.get(record.job_id)
             table.add_row(
                 record.job_id,
                 record.name,
-                record.status,
+                record.status if position is None else f"queued #{position}",
                 {True: "yes", False: "no", None: "-"}[record.verified],
                 short(provider),
             )
         console.print(table)
+
+
+def queue_positions(store: JobRepository) -> dict[str, int]:
+    return {entry.job_id: place for place, entry in enumerate(store.queue.ordered(), start=1)}
 
 
 async def _fetch(home: MeshHome, url: str, job_id: str) -> JobRecord:
@@ -140,6 +231,7 @@ def result(
             emit_json(job_view(record))
         else:
             print_job(record)
+            print_history(record)
 
 
 async def _match(home: MeshHome, url: str, spec_path: Path, limit: int, window: float) -> Any:

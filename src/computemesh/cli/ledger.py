@@ -25,8 +25,6 @@ from computemesh.settlement import (
     format_credits,
 )
 
-LEDGER_FILE = "ledger.db"
-
 wallet_app = typer.Typer(
     help="Your balances, stake and history on the ledger.", no_args_is_help=True
 )
@@ -37,7 +35,7 @@ JsonOption = typer.Option(False, "--json", help="Print one JSON object.")
 
 
 def _ledger_path(ctx: typer.Context, explicit: Path | None) -> Path:
-    return explicit if explicit is not None else home_of(ctx).root / LEDGER_FILE
+    return explicit if explicit is not None else home_of(ctx).ledger_db
 
 
 def _open(ctx: typer.Context, explicit: Path | None) -> SqliteLedger:
@@ -207,3 +205,147 @@ def _print_receipt(receipt: Receipt, *, as_json: bool) -> None:
             f"{receipt.op} {format_credits(receipt.amount)} credits ({receipt.op_id})",
             highlight=False,
         )
+
+
+cardano_app = typer.Typer(
+    help="Cardano payments: build and sign offline, submit through Ogmios or Blockfrost.",
+    no_args_is_help=True,
+)
+ledger_app.add_typer(cardano_app, name="cardano")
+
+NetworkOption = typer.Option("preprod", "--network", help="mainnet, preprod or preview.")
+KeyFileOption = typer.Option(
+    None, "--key-file", help="cardano-cli payment .skey (default: derived from your DID)."
+)
+
+
+def _cardano_key(ctx: typer.Context, key_file: Path | None) -> Any:
+    from pycardano import PaymentSigningKey  # type: ignore[import-untyped]
+
+    from computemesh.settlement.cardano import payment_key_from_identity
+
+    if key_file is not None:
+        return PaymentSigningKey.load(str(key_file))
+    home = home_of(ctx)
+    home.ensure()
+    return payment_key_from_identity(load_or_create_identity(home.root))
+
+
+def _parse_pair(text: str, what: str) -> tuple[str, int]:
+    """``LEFT:AMOUNT`` split at its last colon; ``SettlementError`` naming ``what``."""
+    left, _, amount = text.rpartition(":")
+    if not left or not amount.isdigit():
+        raise SettlementError(f"{what} must look like NAME:LOVELACE, got {text!r}", code="bad_id")
+    return left, int(amount)
+
+
+@cardano_app.command("address")
+def cardano_address(
+    ctx: typer.Context,
+    network: str = NetworkOption,
+    key_file: Path | None = KeyFileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The address payments are sent from (and change returns to)."""
+    with reported_errors(as_json=as_json):
+        from computemesh.settlement.cardano import CardanoSettings, payer_address
+
+        settings = CardanoSettings(network=network)  # type: ignore[arg-type]
+        address = str(payer_address(_cardano_key(ctx, key_file), settings.network_id))
+        if as_json:
+            emit_json({"network": network, "address": address})
+        else:
+            console.print(address, highlight=False)
+
+
+@cardano_app.command("build")
+def cardano_build(
+    ctx: typer.Context,
+    contract: str = typer.Option(..., "--contract", help="Contract id the payment settles."),
+    job: str = typer.Option(..., "--job", help="Job id of the contract."),
+    pay: list[str] = typer.Option(..., "--pay", help="ADDRESS:LOVELACE, once per payee."),
+    utxo: list[str] = typer.Option(
+        ..., "--utxo", help="TXID#INDEX:LOVELACE of the payer's, once per UTxO to spend."
+    ),
+    out: Path = typer.Option(..., "--out", help="File for the signed transaction (CBOR hex)."),
+    ttl: int | None = typer.Option(None, "--ttl", min=0, help="Last valid slot."),
+    network: str = NetworkOption,
+    key_file: Path | None = KeyFileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Build and sign a payment offline, with the job in its metadata; nothing is sent."""
+    with reported_errors(as_json=as_json):
+        from pycardano import TransactionInput, TransactionOutput, UTxO
+
+        from computemesh.settlement.cardano import (
+            CardanoSettings,
+            JobPayment,
+            OfflineChainContext,
+            build_payment,
+            payer_address,
+            read_payment_metadata,
+        )
+
+        settings = CardanoSettings(network=network)  # type: ignore[arg-type]
+        key = _cardano_key(ctx, key_file)
+        payer = payer_address(key, settings.network_id)
+        spendable = []
+        for item in utxo:
+            reference, lovelace = _parse_pair(item, "--utxo")
+            tx_id, _, index = reference.partition("#")
+            if not index.isdigit():
+                raise SettlementError(f"--utxo needs TXID#INDEX, got {reference!r}", code="bad_id")
+            source = TransactionInput.from_primitive([tx_id, int(index)])
+            spendable.append(UTxO(source, TransactionOutput(payer, lovelace)))
+        payouts = dict(_parse_pair(item, "--pay") for item in pay)
+        context = OfflineChainContext(network=settings.network_id, utxos={str(payer): spendable})
+        tx = build_payment([JobPayment(contract, job, payouts)], key=key, context=context, ttl=ttl)
+        out.write_text(tx.to_cbor_hex())
+        data = {
+            "tx_id": str(tx.id),
+            "fee": tx.transaction_body.fee,
+            "size": len(tx.to_cbor()),
+            "metadata": read_payment_metadata(tx),
+            "out": str(out),
+        }
+        if as_json:
+            emit_json(data)
+        else:
+            console.print(
+                f"signed {data['tx_id']} ({data['size']} bytes, fee {data['fee']} lovelace)"
+                f" written to {out}",
+                highlight=False,
+            )
+
+
+@cardano_app.command("submit")
+def cardano_submit(
+    tx_file: Path = typer.Argument(..., help="A signed transaction (CBOR hex) from `build`."),
+    endpoint: str = typer.Option(..., "--endpoint", help="ogmios or blockfrost."),
+    url: str = typer.Option(..., "--url", help="Ogmios HTTP URL, or Blockfrost API base URL."),
+    project_id: str | None = typer.Option(
+        None, "--project-id", envvar="BLOCKFROST_PROJECT_ID", help="Blockfrost project id."
+    ),
+    network: str = NetworkOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Send a signed transaction through the configured endpoint."""
+    with reported_errors(as_json=as_json):
+        from computemesh.settlement.cardano import (
+            CardanoSettings,
+            CardanoSubmitter,
+            read_transaction,
+        )
+
+        settings = CardanoSettings(
+            network=network,  # type: ignore[arg-type]
+            endpoint=endpoint,  # type: ignore[arg-type]
+            url=url,
+            project_id=project_id,
+        )
+        tx = read_transaction(tx_file.read_text())
+        tx_id = CardanoSubmitter(settings).submit(tx)
+        if as_json:
+            emit_json({"tx_id": tx_id, "endpoint": endpoint})
+        else:
+            console.print(f"submitted {tx_id} through {endpoint}", highlight=False)

@@ -12,7 +12,9 @@ from computemesh.cli import demo as demo_commands
 from computemesh.cli import identity as identity_commands
 from computemesh.cli import jobs as job_commands
 from computemesh.cli import ledger as ledger_commands
+from computemesh.cli import logs as log_commands
 from computemesh.cli import mesh as mesh_commands
+from computemesh.cli import verify as verify_commands
 
 app = typer.Typer(
     name="cmesh",
@@ -49,6 +51,7 @@ app.add_typer(mesh_commands.node_app, name="node")
 app.add_typer(job_commands.schema_app, name="schema")
 app.add_typer(ledger_commands.wallet_app, name="wallet")
 app.add_typer(ledger_commands.ledger_app, name="ledger")
+app.add_typer(verify_commands.app, name="verify")
 app.command("up")(mesh_commands.up)
 app.command("down")(mesh_commands.down)
 app.command("status")(mesh_commands.status)
@@ -56,4 +59,5 @@ app.command("submit")(job_commands.submit)
 app.command("match")(job_commands.match)
 app.command("jobs")(job_commands.jobs)
 app.command("result")(job_commands.result)
+app.command("logs")(log_commands.logs)
 app.command("demo")(demo_commands.demo)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from computemesh.app.consumer import consumer_session
 from computemesh.app.home import MeshHome
-from computemesh.app.localmesh import mesh_down, mesh_up
+from computemesh.app.localmesh import hub_status, mesh_down, mesh_up
 from computemesh.app.logs import configure_logging
 from computemesh.app.provider import run_node
 from computemesh.cli.context import home_of
@@ -25,14 +25,19 @@ NatsOption = typer.Option(None, "--nats", help="NATS URL of the mesh (default: t
 def up(
     ctx: typer.Context,
     nodes: int = typer.Option(3, "--nodes", "-n", min=0, max=64, help="Provider processes."),
-    nats: str | None = typer.Option(None, "--nats", help="Join this NATS URL instead."),
+    hubs: int = typer.Option(
+        1, "--hubs", min=1, max=7, help="NATS servers; more than one form a cluster."
+    ),
+    nats: str | None = typer.Option(
+        None, "--nats", help="Join this NATS URL (or comma-separated URLs) instead."
+    ),
     region: list[str] = typer.Option([], "--region", help="Regions to cycle through."),
     insecure_no_sandbox: bool = typer.Option(
         False, "--insecure-no-sandbox", help="Run jobs without bubblewrap (unsafe)."
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Start a local mesh in the background: nats-server plus N provider nodes."""
+    """Start a local mesh in the background: nats-server (or a cluster) plus N provider nodes."""
     with reported_errors(as_json=as_json):
         home = home_of(ctx)
         if not as_json:
@@ -40,6 +45,7 @@ def up(
         state = mesh_up(
             home,
             nodes=nodes,
+            hubs=hubs,
             nats_url=nats,
             regions=region or None,
             sandbox=not insecure_no_sandbox,
@@ -48,6 +54,8 @@ def up(
             emit_json(state)
             return
         console.print(f"mesh up at {state['nats_url']}", highlight=False)
+        for hub in state["hubs"]:
+            console.print(f"  {hub['name']}  pid {hub['pid']}  {hub['url']}", highlight=False)
         for node in state["nodes"]:
             console.print(
                 f"  {node['name']}  pid {node['pid']}  {node['region']}"
@@ -70,7 +78,7 @@ def down(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> N
 
 
 async def _discover(home: MeshHome, nats_url: str, window_s: float) -> list[dict[str, Any]]:
-    async with consumer_session(home, nats_url) as orchestrator:
+    async with consumer_session(home, nats_url, resume=False) as orchestrator:
         found = await orchestrator.discover(window_s=window_s)
     return [{"did": did, **advert.model_dump(mode="json")} for did, advert in sorted(found.items())]
 
@@ -81,14 +89,18 @@ def status(
     window: float = typer.Option(1.0, "--window", min=0.1, max=30, help="Seconds to listen."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """List the nodes that answer on the mesh, with their resources and prices."""
+    """List the local hubs (alive or dead) and the nodes that answer on the mesh."""
     with reported_errors(as_json=as_json):
         home = home_of(ctx)
         url = home.nats_url(nats)
+        state = home.read_state() if nats is None else None
+        hubs = hub_status(state) if state else []
         nodes = asyncio.run(_discover(home, url, window))
         if as_json:
-            emit_json({"nats_url": url, "nodes": nodes})
+            emit_json({"nats_url": url, "hubs": hubs, "nodes": nodes})
             return
+        if hubs:
+            print_hubs(hubs)
         table = Table(title=f"{len(nodes)} node(s) on {url}")
         for column in (
             "node",
@@ -116,6 +128,17 @@ def status(
         console.print(table)
 
 
+def print_hubs(hubs: list[dict[str, Any]]) -> None:
+    alive = sum(hub["alive"] for hub in hubs)
+    table = Table(title=f"{alive} of {len(hubs)} hub(s) alive")
+    for column in ("hub", "url", "pid", "state"):
+        table.add_column(column)
+    for hub in hubs:
+        state = "alive" if hub["alive"] else "[red]dead[/red]"
+        table.add_row(hub["name"], hub["url"], str(hub["pid"]), state)
+    console.print(table)
+
+
 node_app = typer.Typer(help="Run a provider node.", no_args_is_help=True)
 
 
@@ -130,6 +153,11 @@ def node_start(
         False, "--insecure-no-sandbox", help="Run jobs without bubblewrap (unsafe)."
     ),
     log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line."),
+    fault: str | None = typer.Option(
+        None,
+        "--fault",
+        help="Misbehave on purpose, to test verification: wrong, wrong:P, collude:SECRET, late:S.",
+    ),
 ) -> None:
     """Run a provider node in the foreground until Ctrl-C or SIGTERM."""
     configure_logging(json_lines=log_json)
@@ -142,6 +170,7 @@ def node_start(
                 price_per_cpu_hour=price,
                 heartbeat_interval_s=heartbeat,
                 sandbox=not insecure_no_sandbox,
+                fault=fault,
             )
         except ValueError as exc:
             raise SpecError(f"node settings are invalid: {exc}") from exc

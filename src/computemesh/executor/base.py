@@ -8,19 +8,31 @@ An executor takes a job through five steps, each an ``await``:
     stop      kill the whole process tree (idempotent; safe at any step)
     cleanup   remove the work directory (stopping the job first if it still runs)
 
-``run_to_completion`` chains them and makes sure that cancellation stops the job.
+and, for a job that checkpoints, ``checkpoint`` at any time between ``start`` and
+``cleanup``: the deterministic archive of its checkpoint directory (``checkpoint.py``),
+which ``prepare`` created and filled from ``ExecutionRequest.restore``.
+
+``run_to_completion`` chains them and makes sure that cancellation stops the job; its
+``RunObserver``s see the output as it arrives, run beside the job and see it end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 from computemesh.models.market import ResourceUsage, ResultStatus
 
+log = logging.getLogger(__name__)
+
 HandleState = Literal["prepared", "running", "finished", "cleaned"]
+OutputStream = Literal["stdout", "stderr"]
+OutputCallback = Callable[[OutputStream, bytes], None]
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,7 @@ class SandboxLimits:
     discarded (counted, never kept), and the result says the stream was truncated.
     ``max_processes`` bounds the processes (threads, as Linux counts them) the job may
     have at once; ``max_file_mb`` bounds the size of any one file it writes.
+    ``cpu_cores`` is the CPU bandwidth a job's cgroup allows, where cgroups are used.
     """
 
     wall_time_s: float
@@ -40,6 +53,7 @@ class SandboxLimits:
     max_open_files: int = 256
     max_file_mb: int = 256
     max_output_bytes: int = 64 * 1024
+    cpu_cores: float = 1.0
 
     def __post_init__(self) -> None:
         if self.wall_time_s <= 0 or self.cpu_time_s <= 0:
@@ -58,7 +72,9 @@ class ExecutionRequest:
     ``inputs`` are ``(relative path, content, executable)``; ``outputs`` are relative
     paths collected from the work directory after the run. Both must stay inside the
     work directory (``prepare`` refuses any that would not). ``fuel`` is the job's own
-    budget for executors that meter it (wasm); others ignore it.
+    budget for executors that meter it (wasm); others ignore it. ``checkpointing`` gives
+    the job a checkpoint directory (``CMESH_CHECKPOINT_DIR``), filled from the archive
+    ``restore`` before it starts. ``image`` is the container image (docker only).
     """
 
     job_id: str
@@ -68,6 +84,9 @@ class ExecutionRequest:
     outputs: list[str]
     limits: SandboxLimits
     fuel: int | None = None
+    checkpointing: bool = False
+    restore: bytes | None = None
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,9 @@ class ExecutionHandle:
     Handles compare and hash by identity. ``job_dir`` is private to the executor and
     removed by ``cleanup``; ``work_dir`` (inside it) is the job's working directory.
     ``run_as_uid`` is the host uid the job runs as, or None for the node's own uid.
+    ``checkpoint_dir`` is the job's checkpoint directory, when it checkpoints;
+    ``on_output``, set before ``start``, is called with each chunk of output as it arrives
+    by executors that can see output while the job runs.
     """
 
     request: ExecutionRequest
@@ -120,6 +142,8 @@ class ExecutionHandle:
     run_as_uid: int | None = None
     state: HandleState = "prepared"
     stop_requested: bool = False
+    checkpoint_dir: Path | None = None
+    on_output: OutputCallback | None = None
 
 
 class Executor(Protocol):
@@ -155,21 +179,100 @@ class Executor(Protocol):
         """Stop the job if it still runs and remove its work directory; idempotent."""
         ...
 
+    async def checkpoint(self, handle: ExecutionHandle) -> bytes:
+        """The deterministic archive of the job's checkpoint directory, as it is now.
+
+        Raises ExecutionError: code "no_checkpoint" for a job without one (or already
+        cleaned up), "checkpoint_too_large" past the archive bound.
+        """
+        ...
+
+
+class RunObserver(Protocol):
+    """Watches one run of ``run_to_completion``.
+
+    ``output`` is called (on the event loop, so it must not block) with each chunk of
+    output as it arrives; ``running`` runs beside the job and is cancelled when it ends;
+    ``ended`` is awaited once the job has ended or was stopped, before its directory is
+    removed (the moment for a last checkpoint). Errors in ``running`` and ``ended`` are
+    logged, never raised into the run.
+    """
+
+    def output(self, stream: OutputStream, chunk: bytes) -> None: ...
+
+    async def running(self, handle: ExecutionHandle) -> None: ...
+
+    async def ended(self, handle: ExecutionHandle) -> None: ...
+
 
 async def run_to_completion(
-    executor: Executor, request: ExecutionRequest, work_root: Path
+    executor: Executor,
+    request: ExecutionRequest,
+    work_root: Path,
+    observers: Sequence[RunObserver] = (),
 ) -> ExecutionResult:
     """Prepare, start and wait for a job, then clean up.
 
     Whatever interrupts the run (cancellation included) stops the job's process tree
-    before the exception propagates; the work directory is always removed.
+    before the exception propagates; the observers then see it end, and the work
+    directory is always removed.
     """
     handle = await executor.prepare(request, work_root)
     try:
+        if observers:
+            handle.on_output = _fan_out(observers)
         await executor.start(handle)
-        return await executor.wait(handle)
+        return await _wait_observed(executor, handle, observers)
     except BaseException:
         await asyncio.shield(executor.stop(handle))
         raise
     finally:
-        await asyncio.shield(executor.cleanup(handle))
+        try:
+            for observer in observers:
+                await asyncio.shield(_observe_end(observer, handle))
+        finally:
+            await asyncio.shield(executor.cleanup(handle))
+
+
+async def _wait_observed(
+    executor: Executor, handle: ExecutionHandle, observers: Sequence[RunObserver]
+) -> ExecutionResult:
+    watchers = [asyncio.create_task(_observe_running(item, handle)) for item in observers]
+    try:
+        return await executor.wait(handle)
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        for watcher in watchers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+async def _observe_running(observer: RunObserver, handle: ExecutionHandle) -> None:
+    try:
+        await observer.running(handle)
+    except Exception:
+        log.exception("observer of job %s failed while it ran", handle.request.job_id)
+
+
+async def _observe_end(observer: RunObserver, handle: ExecutionHandle) -> None:
+    try:
+        await observer.ended(handle)
+    except Exception:
+        log.exception("observer of job %s failed when it ended", handle.request.job_id)
+
+
+def _fan_out(observers: Sequence[RunObserver]) -> OutputCallback:
+    def deliver(stream: OutputStream, chunk: bytes) -> None:
+        for observer in observers:
+            observer.output(stream, chunk)
+
+    return deliver
+
+
+def metered_bytes_out(
+    stdout_bytes: int, stderr_bytes: int, outputs: Sequence[CollectedOutput]
+) -> int:
+    """Bytes a job produced for its consumer: all its stdout and stderr (kept or not) and
+    the declared output files it left (checkpoints are added by the node)."""
+    return stdout_bytes + stderr_bytes + sum(item.size for item in outputs)

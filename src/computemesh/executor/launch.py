@@ -2,10 +2,14 @@
 
 In the forked child, before bwrap (or the job itself, without a sandbox) executes:
 
+0. cgroup (where the node has them, see ``cgroups``): the child joins its job's group
+   while still privileged (and before staging covers ``/sys``), so every process of the
+   job is counted there.
 1. Staging (root nodes, sandboxed, work dir not reachable by other users): the child
-   enters a private mount namespace and bind-mounts the work dir over
-   ``STAGING_MOUNTPOINT``. bwrap resolves bind sources as the unprivileged job uid,
-   which cannot traverse a node home kept at mode 0700; the staged copy is reachable.
+   enters a private mount namespace and bind-mounts the job dir (holding ``work/`` and,
+   for a job that checkpoints, ``checkpoint/``) over ``STAGING_MOUNTPOINT``. bwrap
+   resolves bind sources as the unprivileged job uid, which cannot traverse a node home
+   kept at mode 0700; the staged copy is reachable.
    The mount is private: the host never sees it and it vanishes with the sandbox.
 2. Privilege drop (root nodes): supplementary groups cleared, then gid and uid set to a
    uid of the job's own from ``JobUidPool``. This matters for the process limit:
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import psutil
 
+from computemesh.executor.cgroups import join_cgroup
 from computemesh.executor.limits import Rlimit, apply_rlimits
 from computemesh.models.errors import ExecutionError
 
@@ -81,13 +86,14 @@ class JobUidPool:
 class LaunchPlan:
     """What the child does before exec (see the module docstring).
 
-    ``uid``: switch to this uid and gid (root only). ``staged_work_dir``: host path to
+    ``uid``: switch to this uid and gid (root only). ``staged_job_dir``: host path to
     bind-mount over ``STAGING_MOUNTPOINT`` in a private mount namespace (root only).
     """
 
     rlimits: tuple[Rlimit, ...]
     uid: int | None = None
-    staged_work_dir: str | None = None
+    staged_job_dir: str | None = None
+    cgroup_procs: tuple[str, ...] = ()
 
 
 def can_switch_uid() -> bool:
@@ -145,8 +151,9 @@ def make_preexec(plan: LaunchPlan) -> Callable[[], None]:
     libc = _libc()
 
     def preexec() -> None:
-        if plan.staged_work_dir is not None:
-            _stage_work_dir(libc, plan.staged_work_dir)
+        join_cgroup(plan.cgroup_procs)  # before staging covers /sys, where cgroups live
+        if plan.staged_job_dir is not None:
+            _stage_job_dir(libc, plan.staged_job_dir)
         if plan.uid is not None:
             os.setgroups([])
             os.setresgid(plan.uid, plan.uid, plan.uid)
@@ -183,11 +190,11 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
-def _stage_work_dir(libc: ctypes.CDLL, work_dir: str) -> None:
+def _stage_job_dir(libc: ctypes.CDLL, job_dir: str) -> None:
     _check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "make / private")
     target = STAGING_MOUNTPOINT.encode()
-    _check(libc.mount(os.fsencode(work_dir), target, None, _MS_BIND, None), "bind work dir")
+    _check(libc.mount(os.fsencode(job_dir), target, None, _MS_BIND, None), "bind job dir")
 
 
 def _check(result: int, what: str) -> None:

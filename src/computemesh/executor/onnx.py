@@ -152,6 +152,9 @@ class OnnxExecutor:
     async def cleanup(self, handle: ExecutionHandle) -> None:
         await self.process.cleanup(handle)
 
+    async def checkpoint(self, handle: ExecutionHandle) -> bytes:
+        return await self.process.checkpoint(handle)
+
     async def model_signature(
         self,
         model: bytes,

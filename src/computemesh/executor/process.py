@@ -7,13 +7,18 @@ Isolation, by limit (details in ``sandbox``, ``launch`` and ``limits``):
   no network but its own loopback;
 * privileges: on root nodes the job runs under a host uid of its own (and as uid 1000
   of a user namespace under bwrap), never as root; ``no_new_privs`` is set;
-* memory, CPU time, processes, open files, file size: rlimits set before exec;
+* memory, CPU time, processes, open files, file size: rlimits set before exec; where
+  the node can create cgroups (``cgroups``), also a group per job bounding the memory and
+  processes of the whole job and its CPU bandwidth;
 * wall time: enforced here; on timeout or ``stop`` the whole tree is killed: the job's
   first process, which is the init of the sandbox's pid namespace (so every process of
   the job dies with it), then bwrap's process group; on root nodes every process left
   under the job's uid as well (the sweep also runs after every normal exit);
 * output: stdout and stderr are each kept up to ``max_output_bytes``; the rest is read
-  and dropped, so a job printing without end costs the node neither memory nor disk.
+  and dropped, so a job printing without end costs the node neither memory nor disk;
+  every chunk is shown to ``handle.on_output`` as it arrives;
+* checkpoints: a job that checkpoints sees its checkpoint directory at /checkpoint
+  (``CMESH_CHECKPOINT_DIR``), restored before start; ``checkpoint`` archives it.
 
 ``ro_binds`` adds host paths the job sees read-only (for example a Python runtime, see
 ``python_runtime``); each is checked by ``sandbox.check_read_only_bind`` when the
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import subprocess
 import time
@@ -39,6 +45,14 @@ from computemesh.executor.base import (
     ExecutionHandle,
     ExecutionRequest,
     ExecutionResult,
+    metered_bytes_out,
+)
+from computemesh.executor.cgroups import JobCgroup, create_job_cgroup, detect_cgroups
+from computemesh.executor.checkpoint import (
+    CHECKPOINT_DIR_NAME,
+    CHECKPOINT_ENV,
+    prepare_checkpoint_dir,
+    snapshot,
 )
 from computemesh.executor.launch import (
     STAGING_MOUNTPOINT,
@@ -55,6 +69,7 @@ from computemesh.executor.limits import SANDBOX_OVERHEAD_PROCESSES, rlimits_for
 from computemesh.executor.outcome import classify, decode_wait_status
 from computemesh.executor.running import RunningJob, child_pid_from_info, usage_from
 from computemesh.executor.sandbox import (
+    SANDBOX_CHECKPOINT_DIR,
     HostLayout,
     ReadOnlyBind,
     SandboxConfig,
@@ -76,6 +91,8 @@ from computemesh.executor.workdir import (
     write_inputs,
 )
 from computemesh.models.errors import ExecutionError
+
+log = logging.getLogger(__name__)
 
 SANDBOX_MISSING_HINT = "install bubblewrap or start the node with --insecure-no-sandbox"
 SANDBOX_FAILED_HINT = "check that bubblewrap works on this host (user namespaces enabled)"
@@ -104,8 +121,11 @@ class ProcessExecutor:
         bwrap_path: str | None = None,
         max_inline_output_bytes: int = 256 * 1024,
         ro_binds: Sequence[ReadOnlyBind] = (),
+        use_cgroups: bool = True,
     ) -> None:
         self.sandbox = sandbox
+        self.cgroups = detect_cgroups() if use_cgroups else None
+        self._groups: dict[ExecutionHandle, JobCgroup] = {}
         self.max_inline_output_bytes = max_inline_output_bytes
         self.ro_binds = _checked_binds(ro_binds)
         self.bwrap: str | None = None
@@ -125,7 +145,9 @@ class ProcessExecutor:
         _check_request(request)
         uid = _JOB_UIDS.acquire() if can_switch_uid() else None
         try:
-            job_dir, work_dir = await asyncio.to_thread(_make_work_dir, request, work_root, uid)
+            job_dir, work_dir, checkpoint_dir = await asyncio.to_thread(
+                _make_work_dir, request, work_root, uid
+            )
         except OSError as exc:
             if uid is not None:
                 _JOB_UIDS.release(uid)
@@ -136,7 +158,13 @@ class ProcessExecutor:
             if uid is not None:
                 _JOB_UIDS.release(uid)
             raise
-        return ExecutionHandle(request, job_dir=job_dir, work_dir=work_dir, run_as_uid=uid)
+        return ExecutionHandle(
+            request,
+            job_dir=job_dir,
+            work_dir=work_dir,
+            run_as_uid=uid,
+            checkpoint_dir=checkpoint_dir,
+        )
 
     async def start(self, handle: ExecutionHandle) -> None:
         if handle.state != "prepared" or handle.stop_requested:
@@ -194,8 +222,14 @@ class ProcessExecutor:
         if handle.run_as_uid is not None:
             await asyncio.to_thread(kill_uid_processes, handle.run_as_uid)
             _JOB_UIDS.release(handle.run_as_uid)
+        group = self._groups.pop(handle, None)
+        if group is not None:
+            await asyncio.to_thread(group.remove)
         await asyncio.to_thread(remove_tree, handle.job_dir)
         handle.state = "cleaned"
+
+    async def checkpoint(self, handle: ExecutionHandle) -> bytes:
+        return await snapshot(handle)
 
     # Launching ----------------------------------------------------------------------------
 
@@ -226,7 +260,9 @@ class ProcessExecutor:
         finally:
             for fd in child_fds:
                 os.close(fd)
-        return RunningJob(popen, parent_fds, handle.request.limits.max_output_bytes)
+        return RunningJob(
+            popen, parent_fds, handle.request.limits.max_output_bytes, handle.on_output
+        )
 
     def _plan(self, handle: ExecutionHandle) -> LaunchPlan:
         uid = handle.run_as_uid
@@ -234,11 +270,32 @@ class ProcessExecutor:
         if uid is None:
             extra += user_task_count(os.getuid())
         staged = self.sandbox and uid is not None and not reachable_by_others(handle.work_dir)
+        group = self._job_cgroup(handle, extra)
         return LaunchPlan(
             rlimits=rlimits_for(handle.request.limits, extra_processes=extra),
             uid=uid,
-            staged_work_dir=str(handle.work_dir) if staged else None,
+            staged_job_dir=str(handle.job_dir) if staged else None,
+            cgroup_procs=group.procs_files if group is not None else (),
         )
+
+    def _job_cgroup(self, handle: ExecutionHandle, extra_processes: int) -> JobCgroup | None:
+        """A cgroup for the job where the node has them; None (rlimits only) otherwise."""
+        if self.cgroups is None:
+            return None
+        limits = handle.request.limits
+        try:
+            group = create_job_cgroup(
+                self.cgroups,
+                handle.request.job_id,
+                memory_mb=limits.memory_mb,
+                processes=limits.max_processes + extra_processes,
+                cpu_cores=limits.cpu_cores,
+            )
+        except OSError as exc:
+            log.warning("job %s runs without a cgroup: %s", handle.request.job_id, exc)
+            return None
+        self._groups[handle] = group
+        return group
 
     def _command(
         self,
@@ -250,17 +307,20 @@ class ProcessExecutor:
         """``(argv, cwd, env, fds to pass)``; records the descriptors it opens."""
         request = handle.request
         if self.bwrap is None or self._layout is None:
-            env = sandbox_env(request.env, home=str(handle.work_dir))
+            env = sandbox_env(_job_env(handle, handle.checkpoint_dir), home=str(handle.work_dir))
             return list(request.command), str(handle.work_dir), env, []
         info_r, info_w = os.pipe()
         parent_fds["info"] = info_r
         child_fds.append(info_w)
         data_fds = memory_files(synthetic_etc_files(), child_fds)
+        job_dir = STAGING_MOUNTPOINT if plan.staged_job_dir else str(handle.job_dir)
+        checkpoint = SANDBOX_CHECKPOINT_DIR if handle.checkpoint_dir is not None else None
         config = SandboxConfig(
             bwrap=self.bwrap,
-            work_source=STAGING_MOUNTPOINT if plan.staged_work_dir else str(handle.work_dir),
+            work_source=f"{job_dir}/{handle.work_dir.name}",
+            checkpoint_source=f"{job_dir}/{CHECKPOINT_DIR_NAME}" if checkpoint else None,
             command=request.command,
-            env=sandbox_env(request.env),
+            env=sandbox_env(_job_env(handle, checkpoint)),
             layout=self._layout,
             tmpfs_bytes=tmpfs_bytes_for(request.limits),
             info_fd=info_w,
@@ -276,7 +336,7 @@ class ProcessExecutor:
         if not self.sandbox:
             command = handle.request.command[0]
             return ExecutionError(f"cannot run {command!r}: {exc}", code="spawn_failed")
-        if plan.staged_work_dir is not None and isinstance(exc, subprocess.SubprocessError):
+        if plan.staged_job_dir is not None and isinstance(exc, subprocess.SubprocessError):
             return ExecutionError(
                 f"could not give the sandbox its work dir: {exc}",
                 code="sandbox_failed",
@@ -337,6 +397,7 @@ class ProcessExecutor:
             cpu_s=usage.cpu_s,
             stderr=last_words,
         )
+        bytes_out = metered_bytes_out(run.stdout.total, run.stderr.total, outputs)
         return ExecutionResult(
             status=verdict.status,
             reason=verdict.reason,
@@ -346,7 +407,7 @@ class ProcessExecutor:
             stdout_truncated=run.stdout.truncated,
             stderr_truncated=run.stderr.truncated,
             outputs=outputs,
-            usage=usage,
+            usage=usage.model_copy(update={"bytes_out": bytes_out}),
         )
 
 
@@ -367,13 +428,22 @@ def _check_request(request: ExecutionRequest) -> None:
         checked_relative_path(path, "output")
 
 
+def _job_env(handle: ExecutionHandle, checkpoint: Path | str | None) -> dict[str, str]:
+    """The request's environment, plus where the checkpoint directory is (if any)."""
+    env = dict(handle.request.env)
+    if checkpoint is not None:
+        env[CHECKPOINT_ENV] = str(checkpoint)
+    return env
+
+
 def _make_work_dir(
     request: ExecutionRequest, work_root: Path, uid: int | None
-) -> tuple[Path, Path]:
+) -> tuple[Path, Path, Path | None]:
     job_dir, work_dir = create_job_dir(work_root, request.job_id)
     try:
         write_inputs(work_dir, request.inputs, uid)
+        checkpoint_dir = prepare_checkpoint_dir(job_dir, request, uid)
     except BaseException:
         remove_tree(job_dir)
         raise
-    return job_dir, work_dir
+    return job_dir, work_dir, checkpoint_dir

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
-from computemesh.executor.base import ExecutionResult
+from computemesh.executor.base import ExecutionResult, OutputCallback, OutputStream
 from computemesh.executor.streams import CappedReader, ChildExit, ExitWatch
 from computemesh.models.market import ResourceUsage
 
@@ -21,11 +23,17 @@ INFO_CAP = 64 * 1024
 class RunningJob:
     """A launched job: its process, pipes and exit watch, and how it was ended."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], fds: dict[str, int], cap: int) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        fds: dict[str, int],
+        cap: int,
+        on_output: OutputCallback | None = None,
+    ) -> None:
         self.popen = popen
         self.started = time.monotonic()
-        self.stdout = CappedReader(fds["stdout"], cap)
-        self.stderr = CappedReader(fds["stderr"], cap)
+        self.stdout = CappedReader(fds["stdout"], cap, _stream_callback(on_output, "stdout"))
+        self.stderr = CappedReader(fds["stderr"], cap, _stream_callback(on_output, "stderr"))
         self.info = CappedReader(fds["info"], INFO_CAP) if "info" in fds else None
         self.exit = ExitWatch(popen.pid, self.kill_group)
         self.exit.future.add_done_callback(self._record_exit)
@@ -72,6 +80,14 @@ class RunningJob:
         if self.init_pidfd is not None:
             os.close(self.init_pidfd)
             self.init_pidfd = None
+
+
+def _stream_callback(
+    on_output: OutputCallback | None, stream: OutputStream
+) -> Callable[[bytes], None] | None:
+    if on_output is None:
+        return None
+    return functools.partial(on_output, stream)
 
 
 def child_pid_from_info(info: bytes) -> int | None:

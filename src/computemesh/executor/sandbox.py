@@ -19,6 +19,8 @@ What a job sees inside the sandbox:
       (uid/gid 1000, home /work) so user lookups work without revealing host accounts;
     - ``/etc/hosts``, ``/etc/nsswitch.conf`` (generated): ``localhost`` resolves from
       files, nothing else is configured.
+* ``/checkpoint`` read-write for a job that checkpoints (its checkpoint directory,
+  named by ``CMESH_CHECKPOINT_DIR``).
 * ``/work`` read-write (the job's work directory, also the current directory), a
   private size-limited tmpfs at ``/tmp`` and ``/dev/shm``, a fresh ``/proc`` (own pid
   namespace) and a minimal ``/dev`` (null, zero, full, random, urandom, tty, pts).
@@ -53,6 +55,7 @@ SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 SANDBOX_HOSTNAME = "sandbox"
 SANDBOX_WORK_DIR = "/work"
+SANDBOX_CHECKPOINT_DIR = "/checkpoint"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 ROOT_ENTRIES = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -61,7 +64,16 @@ ROOT_ENTRIES = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_ETC_ENTRIES = ("/etc/ld.so.cache", "/etc/alternatives")
 """Host ``/etc`` entries bound read-only (see the module docstring for why)."""
 
-RESERVED_SANDBOX_PATHS = ("/work", "/tmp", "/dev", "/proc", "/etc", "/usr", *ROOT_ENTRIES)
+RESERVED_SANDBOX_PATHS = (
+    "/work",
+    "/checkpoint",
+    "/tmp",
+    "/dev",
+    "/proc",
+    "/etc",
+    "/usr",
+    *ROOT_ENTRIES,
+)
 """Sandbox locations an extra bind may not cover or sit inside (the sandbox owns them)."""
 
 MIB = 1024 * 1024
@@ -99,6 +111,7 @@ class SandboxConfig:
     descriptors whose content becomes a read-only file there. ``info_fd`` receives
     bwrap's JSON report with the host pid of the sandbox's init process. ``ro_binds``
     are extra host paths bound read-only (each checked by ``check_read_only_bind``).
+    ``checkpoint_source``, when set, is the host path bound read-write at /checkpoint.
     """
 
     bwrap: str
@@ -110,6 +123,7 @@ class SandboxConfig:
     info_fd: int
     data_fds: Mapping[str, int] = field(default_factory=dict)
     ro_binds: Sequence[ReadOnlyBind] = ()
+    checkpoint_source: str | None = None
 
 
 def find_bwrap(path: str | None = None) -> str | None:
@@ -195,6 +209,7 @@ def build_bwrap_argv(config: SandboxConfig) -> list[str]:
         *_read_only_bind_args(config.ro_binds),
         *_etc_args(config.data_fds),
         *_scratch_args(config.tmpfs_bytes),
+        *_checkpoint_args(config.checkpoint_source),
         *("--bind", config.work_source, SANDBOX_WORK_DIR, "--chdir", SANDBOX_WORK_DIR),
         *("--info-fd", str(config.info_fd)),
         *("--remount-ro", "/"),
@@ -251,6 +266,10 @@ def _scratch_args(tmpfs_bytes: int) -> list[str]:
         *("--size", size, "--tmpfs", "/dev/shm"),
         *("--remount-ro", "/dev"),
     ]
+
+
+def _checkpoint_args(source: str | None) -> list[str]:
+    return [] if source is None else ["--bind", source, SANDBOX_CHECKPOINT_DIR]
 
 
 def _env_args(env: Mapping[str, str]) -> list[str]:

@@ -27,13 +27,15 @@ class CappedReader:
 
     Memory use is bounded whatever the writer does: one reusable read buffer, at most
     ``cap`` kept bytes and a ``TAIL_BYTES`` window of the latest output (for telling why
-    a job failed). Must be created inside a running event loop; takes ownership of
-    ``fd`` and closes it when the pipe ends or ``close`` is called.
+    a job failed). ``on_chunk``, when given, sees every chunk as it is read (kept or
+    not), on the event loop. Must be created inside a running event loop; takes
+    ownership of ``fd`` and closes it when the pipe ends or ``close`` is called.
     """
 
-    def __init__(self, fd: int, cap: int) -> None:
+    def __init__(self, fd: int, cap: int, on_chunk: Callable[[bytes], None] | None = None) -> None:
         self.fd = fd
         self.cap = cap
+        self.on_chunk = on_chunk
         self.total = 0
         self._head = bytearray()
         self._tail = bytearray()
@@ -70,7 +72,10 @@ class CappedReader:
         if count == 0:
             self.close()
             return
-        self._keep(memoryview(self._buffer)[:count])
+        chunk = memoryview(self._buffer)[:count]
+        self._keep(chunk)
+        if self.on_chunk is not None:
+            self.on_chunk(bytes(chunk))
 
     def _keep(self, chunk: memoryview) -> None:
         room = self.cap - len(self._head)

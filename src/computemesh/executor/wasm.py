@@ -6,8 +6,9 @@ is the guest's argv. The environment is the request's, nothing inherited.
 
 Isolation, by limit (details in ``wasm_run``):
 
-* file system: the work dir only, preopened as ``/work`` and ``.``; nothing else of the
-  host, no network; stdin is empty (``/dev/null``); stdout and stderr go to files in the
+* file system: the work dir only, preopened as ``/work`` and ``.`` (and the checkpoint
+  directory as ``/checkpoint`` for a job that checkpoints); nothing else of the host,
+  no network; stdin is empty (``/dev/null``); stdout and stderr go to files in the
   job dir (outside the work dir) and each is read back up to ``max_output_bytes``;
 * CPU: a fuel budget (``ExecutionRequest.fuel``, else ``FUEL_PER_CPU_SECOND`` per
   second of ``cpu_time_s``); running out ends the job "killed", reason "out of fuel";
@@ -47,6 +48,13 @@ from computemesh.executor.base import (
     ExecutionHandle,
     ExecutionRequest,
     ExecutionResult,
+    metered_bytes_out,
+)
+from computemesh.executor.checkpoint import (
+    CHECKPOINT_ENV,
+    SANDBOX_CHECKPOINT_DIR,
+    prepare_checkpoint_dir,
+    snapshot,
 )
 from computemesh.executor.streams import TAIL_BYTES
 from computemesh.executor.wasm_cache import ModuleCache
@@ -75,6 +83,7 @@ class CapturedStream:
     data: bytes
     truncated: bool
     tail: bytes
+    total: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,12 @@ class WasmExecutor:
         "invalid_module") is refused here, before anything runs."""
         module_path = _check_request(request)
         job_dir, setup = await asyncio.to_thread(self._prepare_job, request, work_root, module_path)
-        handle = ExecutionHandle(request, job_dir=job_dir, work_dir=setup.work_dir)
+        handle = ExecutionHandle(
+            request,
+            job_dir=job_dir,
+            work_dir=setup.work_dir,
+            checkpoint_dir=setup.checkpoint_dir,
+        )
         self._jobs[handle] = WasmJob(GuestRun(setup))
         return handle
 
@@ -186,6 +200,9 @@ class WasmExecutor:
         await asyncio.to_thread(remove_tree, handle.job_dir)
         handle.state = "cleaned"
 
+    async def checkpoint(self, handle: ExecutionHandle) -> bytes:
+        return await snapshot(handle)
+
     # Preparing ----------------------------------------------------------------------------
 
     def _prepare_job(
@@ -215,17 +232,22 @@ class WasmExecutor:
         module = self.cache.load(engine, source)
         check_module_shape(module)
         requested = request.fuel
+        checkpoint_dir = prepare_checkpoint_dir(job_dir, request, None)
+        env = dict(request.env)
+        if checkpoint_dir is not None:
+            env[CHECKPOINT_ENV] = SANDBOX_CHECKPOINT_DIR
         return GuestSetup(
             engine=engine,
             module=module,
             argv=list(request.command),
-            env=dict(request.env),
+            env=env,
             work_dir=work_dir,
             stdin=Path(os.devnull),
             stdout=job_dir / "stdout",
             stderr=job_dir / "stderr",
             fuel=fuel_budget(request.limits, requested),
             memory_bytes=request.limits.memory_mb * MIB,
+            checkpoint_dir=checkpoint_dir,
         )
 
     # Running ------------------------------------------------------------------------------
@@ -289,6 +311,7 @@ class WasmExecutor:
                 cpu_s=round(ended.cpu_s, 6),
                 max_rss_kb=ended.memory_bytes // 1024,
                 fuel=ended.fuel_used,
+                bytes_out=metered_bytes_out(stdout.total, stderr.total, finished.outputs),
             ),
         )
 
@@ -306,9 +329,9 @@ def read_capped(path: Path, cap: int) -> CapturedStream:
         data = handle.read(cap)
         size = os.fstat(fd).st_size
         if size <= cap:
-            return CapturedStream(data, False, b"")
+            return CapturedStream(data, False, b"", size)
         handle.seek(max(cap, size - TAIL_BYTES))
-        return CapturedStream(data, True, handle.read(TAIL_BYTES))
+        return CapturedStream(data, True, handle.read(TAIL_BYTES), size)
 
 
 def _run_guest(

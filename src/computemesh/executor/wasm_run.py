@@ -7,7 +7,8 @@ loop back-edge. The guest sees only what WASI gives it here:
 * argv and the environment of the request, nothing inherited from the node;
 * stdin, stdout and stderr as files the executor chose (outside the work dir);
 * the job's work dir, preopened twice: as ``/work`` (descriptor 3) and as ``.``
-  (descriptor 4, so that relative paths work under wasi-libc); nothing else of the host;
+  (descriptor 4, so that relative paths work under wasi-libc); for a job that
+  checkpoints, its checkpoint directory as ``/checkpoint`` (descriptor 5); nothing else;
 * clocks and random numbers as WASI provides them, but no sleeping: ``poll_oneoff``
   answers ENOTSUP, because a guest blocked in the host cannot be interrupted.
 
@@ -46,6 +47,7 @@ from wasmtime import (
 )
 
 from computemesh.executor.base import SandboxLimits
+from computemesh.executor.checkpoint import SANDBOX_CHECKPOINT_DIR
 from computemesh.executor.wasm_module import ENTRY_POINT, WASI_MODULE, first_line
 
 FUEL_PER_CPU_SECOND = 5_000_000_000
@@ -88,6 +90,7 @@ class GuestSetup:
     stderr: Path
     fuel: int
     memory_bytes: int
+    checkpoint_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ class GuestRun:
         wasi.stderr_file = str(setup.stderr)
         wasi.preopen_dir(str(setup.work_dir), WORK_DIR_GUEST_PATH)
         wasi.preopen_dir(str(setup.work_dir), ".")
+        if setup.checkpoint_dir is not None:
+            wasi.preopen_dir(str(setup.checkpoint_dir), SANDBOX_CHECKPOINT_DIR)
         return wasi
 
     def _linker(self) -> Linker:

@@ -25,6 +25,8 @@ from computemesh.models.errors import IdentityError
 
 DOCUMENT_CONTEXT = b"computemesh/document/v1\n"
 DOCUMENT_FIELDS = frozenset({"kind", "body", "signer", "signature"})
+CHECKPOINT_KIND = "checkpoint"
+"""A provider's statement of one snapshot of a job's checkpoint directory (``Checkpoint``)."""
 
 
 def document_signing_input(kind: str, body: Mapping[str, Any], signer: str) -> bytes:

@@ -248,11 +248,87 @@ class RuntimeSpec(_Strict):
     )
 
 
+VERIFICATION_POLICIES = ("none", "redundant", "adaptive", "audit", "zk")
+"""Policy names; all but ``none`` combine with ``+`` (``"adaptive+audit"``)."""
+
+
+def verification_policy_names(policy: str) -> frozenset[str]:
+    """``"adaptive+audit"`` as ``{"adaptive", "audit"}``; ValueError names what is wrong."""
+    names = policy.split("+")
+    unknown = sorted({name for name in names if name not in VERIFICATION_POLICIES})
+    if unknown:
+        raise ValueError(f"unknown policy {', '.join(unknown)}; known: {VERIFICATION_POLICIES}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"policy {policy!r} names a part twice")
+    if "none" in names and len(names) > 1:
+        raise ValueError("none does not combine with another policy")
+    return frozenset(names)
+
+
+class Tolerance(_Strict):
+    """How far floating-point outputs (``.npy`` tensors) of two replicas may differ.
+
+    Two values agree when ``|a - b| <= abs + rel * |b|``; zero for both means exact.
+    """
+
+    abs: float = Field(default=0.0, ge=0, le=1e6)
+    rel: float = Field(default=0.0, ge=0, le=1)
+
+
+class VerificationSpec(_Strict):
+    """How the consumer wants results checked before it accepts them.
+
+    ``redundant``: ``k`` agreeing results from distinct providers; ``adaptive``: one more
+    replica with a probability that falls as the provider's verified record grows; ``audit``:
+    re-execute a random fraction (``audit_rate``, else set by reputation and stake) on another
+    provider; ``zk``: a proof of the inference (small ONNX models). On disagreement replicas
+    are added until a quorum decides, at most ``n`` in all.
+    """
+
+    policy: str = Field(default="none", max_length=64, description='e.g. "adaptive+audit".')
+    k: int = Field(default=2, ge=1, le=16, description="Agreeing results a quorum needs.")
+    n: int = Field(default=5, ge=1, le=16, description="Most replicas in all, disputes included.")
+    audit_rate: float | None = Field(default=None, ge=0, le=1)
+    tolerance: Tolerance = Field(default_factory=Tolerance)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        verification_policy_names(value)
+        return value
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> Self:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) is above n ({self.n})")
+        return self
+
+    @property
+    def policies(self) -> frozenset[str]:
+        return verification_policy_names(self.policy)
+
+
+MIN_CHECKPOINT_INTERVAL_S = 0.1
+IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/:@-]{0,254}$"
+
+
+class CheckpointSpec(_Strict):
+    """A job that keeps its state in ``CMESH_CHECKPOINT_DIR`` so it can resume elsewhere.
+
+    The node snapshots that directory every ``interval_s`` seconds and when the job is
+    stopped; a job placed again from a checkpoint finds it restored there before it starts.
+    """
+
+    interval_s: float = Field(
+        ge=MIN_CHECKPOINT_INTERVAL_S, le=24 * 3600, description="Seconds between snapshots."
+    )
+
+
 class JobSpec(_Strict):
     """A job as the consumer writes it (YAML or JSON)."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    executor: Literal["process", "wasm", "onnx"] = "process"
+    executor: Literal["process", "wasm", "onnx", "docker"] = "process"
     command: list[Annotated[str, Field(max_length=4096)]] = Field(min_length=1, max_length=256)
     env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict)
     inputs: list[InputFile] = Field(default_factory=list, max_length=256)
@@ -265,6 +341,12 @@ class JobSpec(_Strict):
     constraints: Constraints = Field(default_factory=Constraints)
     timeout_s: float = Field(default=60.0, gt=0, le=7 * 24 * 3600)
     replicas: int = Field(default=1, ge=1, le=16)
+    priority: int = Field(
+        default=0,
+        ge=-1000,
+        le=1000,
+        description="Queue order while capacity is short: higher is placed first.",
+    )
 
     @field_validator("outputs")
     @classmethod
@@ -311,3 +393,31 @@ class JobSpec(_Strict):
         default=None,
         description="The Python runtime the job needs; the onnx executor offers one.",
     )
+
+    verification: VerificationSpec | None = Field(
+        default=None,
+        description="How results are checked; default: the network's policy.",
+    )
+
+    @model_validator(mode="after")
+    def _zk_needs_onnx(self) -> Self:
+        zk = self.verification is not None and "zk" in self.verification.policies
+        if zk and self.executor != "onnx":
+            raise ValueError("the zk policy applies to the onnx executor only")
+        return self
+
+    checkpoint: CheckpointSpec | None = Field(
+        default=None, description="Periodic snapshots of CMESH_CHECKPOINT_DIR; default: none."
+    )
+
+    image: str | None = Field(
+        default=None,
+        pattern=IMAGE_PATTERN,
+        description='Container image of a docker job, e.g. "python:3.12-slim".',
+    )
+
+    @model_validator(mode="after")
+    def _image_with_docker(self) -> Self:
+        if (self.image is not None) != (self.executor == "docker"):
+            raise ValueError("image is required by the docker executor and used by no other")
+        return self

@@ -23,6 +23,7 @@ from computemesh.models.job import (
 
 HEX64 = r"^[0-9a-f]{64}$"
 ID_PATTERN = r"^[0-9a-f]{32}$"
+MAX_ASKED = 256
 
 
 class _Wire(BaseModel):
@@ -46,6 +47,9 @@ class Hardware(_Wire):
     memory_mb: int = Field(ge=1)
     disk_mb: int = Field(ge=0)
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
+    cgroups: Literal["v1", "v2", "none"] = Field(
+        default="none", description="cgroup version jobs are limited with; none: rlimits only."
+    )
 
 
 class Capacity(_Wire):
@@ -90,11 +94,16 @@ class Heartbeat(_Wire):
 
 
 class BidRequest(_Wire):
-    """Broadcast by a consumer: who can run this job, and for how much?"""
+    """Who can run this job, and for how much? Sent to chosen candidates, or broadcast."""
 
     request_id: str = Field(pattern=ID_PATTERN)
     job_id: str = Field(pattern=ID_PATTERN)
     spec: JobSpec
+    asked: list[Did] = Field(
+        default_factory=list,
+        max_length=MAX_ASKED,
+        description="Nodes asked directly: they ignore the same request seen by broadcast.",
+    )
 
 
 class Bid(_Wire):
@@ -124,6 +133,9 @@ class ContractTerms(_Wire):
     price_per_cpu_hour: float = Field(ge=0)
     max_charge: float = Field(ge=0)
     created_at_ms: int = Field(ge=0)
+    resume_from: str | None = Field(
+        default=None, pattern=HEX64, description="sha256 of the checkpoint the job resumes from."
+    )
 
 
 class ResourceUsage(_Wire):
@@ -131,6 +143,9 @@ class ResourceUsage(_Wire):
     cpu_s: float = Field(ge=0)
     max_rss_kb: int = Field(ge=0)
     fuel: int | None = Field(default=None, ge=0, description="WASM fuel consumed, if metered.")
+    bytes_out: int = Field(
+        default=0, ge=0, description="stdout, stderr, output files and checkpoints, in bytes."
+    )
 
 
 class OutputFile(_Wire):
@@ -161,3 +176,36 @@ class JobResult(_Wire):
     outputs: list[OutputFile] = Field(default_factory=list, max_length=256)
     usage: ResourceUsage
     finished_at_ms: int = Field(ge=0)
+
+
+class Checkpoint(_Wire):
+    """What a provider signs for one snapshot of a job's checkpoint directory.
+
+    ``sha256`` and ``size`` describe the archive (a deterministic tar); ``seq`` grows with
+    each snapshot of one contract.
+    """
+
+    contract_id: str = Field(pattern=ID_PATTERN)
+    job_id: str = Field(pattern=ID_PATTERN)
+    provider: Did
+    seq: int = Field(ge=0)
+    sha256: str = Field(pattern=HEX64)
+    size: int = Field(ge=0)
+    created_at_ms: int = Field(ge=0)
+
+
+LogStream = Literal["stdout", "stderr"]
+
+
+class LogChunk(_Wire):
+    """Output a running job wrote, pushed while it runs; ``seq`` counts per contract.
+
+    ``dropped`` counts bytes the node left out before this chunk (rate or size bound).
+    """
+
+    contract_id: str = Field(pattern=ID_PATTERN)
+    job_id: str = Field(pattern=ID_PATTERN)
+    seq: int = Field(ge=0)
+    stream: LogStream
+    data: str = Field(max_length=64 * 1024)
+    dropped: int = Field(default=0, ge=0)

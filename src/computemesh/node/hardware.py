@@ -1,4 +1,5 @@
-"""What this machine has: CPU, architecture, memory, disk and (through NVML) GPUs."""
+"""What this machine has: CPU, architecture, memory, disk, (through NVML) GPUs, and
+whether jobs can have cgroups of their own ("v1", "v2" or "none")."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import psutil
 
+from computemesh.executor.cgroups import cgroup_version, detect_cgroups
 from computemesh.models.market import GpuInfo, Hardware
 
 log = logging.getLogger(__name__)
@@ -58,4 +60,5 @@ def detect_hardware(disk_path: Path) -> Hardware:
         memory_mb=psutil.virtual_memory().total // MIB,
         disk_mb=shutil.disk_usage(disk_path).free // MIB,
         gpus=detect_gpus(),
+        cgroups=cgroup_version(detect_cgroups()),
     )

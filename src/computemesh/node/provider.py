@@ -12,7 +12,7 @@ import base64
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from computemesh import __version__
@@ -36,12 +36,21 @@ from computemesh.models.market import (
 )
 from computemesh.models.validation import parse_job_spec, parse_model
 from computemesh.node.capacity import CapacityLedger
+from computemesh.node.checkpoints import CheckpointPump, fetch_restore
+from computemesh.node.faults import FaultInjector, parse_fault
+from computemesh.node.latency import LatencyProber
+from computemesh.node.log_stream import LogPump
 from computemesh.node.runtimes import offered_runtimes, runtime_refusals
 from computemesh.node.settings import NodeSettings
 from computemesh.protocol import check_proposal, countersign, sign_result, spec_digest
+from computemesh.settlement import Ledger
+from computemesh.settlement.escrow_checks import require_escrow
 from computemesh.store import AllocationRecord, AllocationRepository
 
 log = logging.getLogger(__name__)
+
+CONSUMER_REQUEST_TIMEOUT_S = 10.0
+"""How long a node waits for its consumer to answer (a checkpoint to restore)."""
 
 NO_SANDBOX_REASON = (
     "this node has no sandbox (bubblewrap missing) and was not started with --insecure-no-sandbox"
@@ -61,8 +70,10 @@ class ProviderNode:
         hardware: Hardware,
         allocations: AllocationRepository,
         executors: Mapping[str, Executor],
+        settlement: Ledger | None = None,
     ) -> None:
         self.actor = actor
+        self.settlement = settlement
         self.settings = settings
         self.hardware = hardware
         self.allocations = allocations
@@ -72,9 +83,19 @@ class ProviderNode:
         )
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._heartbeat_seq = 0
+        self.faults = FaultInjector(parse_fault(settings.fault)) if settings.fault else None
+        """Deliberate misbehaviour (``--fault``, tests only); None on an honest node."""
+        self.latency = LatencyProber(
+            actor=actor,
+            settings=settings.probe_settings(),
+            on_new_region=self.publish_advertisement,
+        )
+        """Round trips to peers, advertised per region (``node.latency``)."""
         for behavior, handler in (
             (behaviours.BID_REQUEST, self.on_bid_request),
             (behaviours.DISCOVER, self.on_discover),
+            (behaviours.ADVERTISEMENT, self.latency.on_advertisement),
+            (behaviours.PING, self.latency.on_ping),
             (behaviours.COMMIT, self.on_commit),
             (behaviours.RESULT_FETCH, self.on_result_fetch),
         ):
@@ -91,7 +112,9 @@ class ProviderNode:
         await self.actor.start()
         await self.actor.join(behaviours.TOPIC_BID_REQUESTS)
         await self.actor.join(behaviours.TOPIC_DISCOVER)
+        await self.actor.join(behaviours.TOPIC_ADVERTISEMENTS)
         await self.publish_advertisement()
+        await self.actor.broadcast(behaviours.TOPIC_DISCOVER, behaviours.DISCOVER, {})
         log.info("node %s up: %s", self.did, self.hardware.model_dump())
 
     async def run(self, supervisor: Supervisor) -> None:
@@ -99,6 +122,7 @@ class ProviderNode:
         await self.start()
         supervisor.spawn("heartbeat", self._heartbeat_loop)
         supervisor.spawn("advertise", self._advertise_loop)
+        supervisor.spawn("latency", self.latency.run)
 
     async def stop(self) -> None:
         for task in list(self._runs.values()):
@@ -121,6 +145,7 @@ class ProviderNode:
             free=self.ledger.free(),
             version=__version__,
             runtimes=offered_runtimes(self.executors),
+            latency_ms=self.latency.latency_ms(),
         )
 
     async def publish_advertisement(self) -> None:
@@ -165,6 +190,8 @@ class ProviderNode:
 
     async def on_bid_request(self, inbound: Inbound) -> None:
         request = parse_model(BidRequest, inbound.payload, what="bid request")
+        if self.did in request.asked:
+            return  # the broadcast copy of a request this node also received directly
         reasons = self.refusal_reasons(request.spec)
         if reasons:
             refusal = BidRefusal(
@@ -187,7 +214,8 @@ class ProviderNode:
     # Contracts ----------------------------------------------------------------------------
 
     async def on_commit(self, inbound: Inbound) -> dict[str, Any]:
-        """Check a signed proposal, reserve capacity, store, countersign, start the run."""
+        """Check a signed proposal (and its escrow, with a ledger), reserve capacity, store,
+        countersign, start the run."""
         terms = check_proposal(
             inbound.payload.get("proposal"), sender=inbound.sender, provider=self.did
         )
@@ -200,6 +228,8 @@ class ProviderNode:
             raise MeshError("; ".join(reasons), code="cannot_run", retryable=True)
         if terms.price_per_cpu_hour < self.settings.price_per_cpu_hour:
             raise MeshError("contract price is below this node's price", code="price_too_low")
+        if self.settlement is not None:
+            require_escrow(self.settlement, terms)
         if not self.ledger.reserve(terms.contract_id, spec.resources):
             raise MeshError("capacity was taken meanwhile", code="no_capacity", retryable=True)
         contract = countersign(self.actor.identity, inbound.payload["proposal"])
@@ -229,10 +259,17 @@ class ProviderNode:
         executor = self.executors[spec.executor]
         self.allocations.set_status(terms.contract_id, "running")
         try:
+            fetch = self._consumer_request(terms, behaviours.CHECKPOINT_FETCH)
+            restore = await fetch_restore(terms, self._contract_record(terms), fetch)
+            logs, checkpoints = self._watchers(terms, spec, executor)
             outcome = await run_to_completion(
-                executor, self._execution_request(terms, spec), self.settings.work_root
+                executor,
+                self._execution_request(terms, spec, restore),
+                self.settings.work_root,
+                [logs, *([checkpoints] if checkpoints else [])],
             )
-            result = self._job_result(terms, outcome)
+            pushed = checkpoints.bytes_out if checkpoints else 0
+            result = self._job_result(terms, outcome, checkpoint_bytes=pushed)
         except MeshError as exc:
             result = self._failure(terms, f"{exc.code}: {exc.message}")
         except Exception as exc:
@@ -240,10 +277,52 @@ class ProviderNode:
             result = self._failure(terms, f"internal error: {exc}")
         finally:
             self.ledger.release(terms.contract_id)
+        if self.faults is not None:
+            result = await self.faults.tamper(result)
         await self._deliver(terms, result)
         self._runs.pop(terms.contract_id, None)
 
-    def _execution_request(self, terms: ContractTerms, spec: JobSpec) -> ExecutionRequest:
+    def _watchers(
+        self, terms: ContractTerms, spec: JobSpec, executor: Executor
+    ) -> tuple[LogPump, CheckpointPump | None]:
+        """What watches a run: its live output, and its checkpoints when it declares them."""
+        logs = LogPump(terms=terms, push=self._consumer_push(terms, behaviours.LOG))
+        if spec.checkpoint is None:
+            return logs, None
+        checkpoints = CheckpointPump(
+            executor=executor,
+            terms=terms,
+            identity=self.actor.identity,
+            interval_s=spec.checkpoint.interval_s,
+            push=self._consumer_push(terms, behaviours.CHECKPOINT),
+        )
+        return logs, checkpoints
+
+    def _contract_record(self, terms: ContractTerms) -> dict[str, Any]:
+        record = self.allocations.get(terms.contract_id)
+        assert record is not None, "an allocation is stored before it runs"
+        return record.contract
+
+    def _consumer_push(
+        self, terms: ContractTerms, behavior: str
+    ) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        async def push(payload: dict[str, Any]) -> None:
+            await self.actor.send(terms.consumer, behavior, payload)
+
+        return push
+
+    def _consumer_request(
+        self, terms: ContractTerms, behavior: str
+    ) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+        async def ask(payload: dict[str, Any]) -> dict[str, Any]:
+            timeout = CONSUMER_REQUEST_TIMEOUT_S
+            return await self.actor.request(terms.consumer, behavior, payload, timeout=timeout)
+
+        return ask
+
+    def _execution_request(
+        self, terms: ContractTerms, spec: JobSpec, restore: bytes | None = None
+    ) -> ExecutionRequest:
         inputs = [(item.path, item.inline_bytes() or b"", item.executable) for item in spec.inputs]
         limits = SandboxLimits(
             wall_time_s=spec.timeout_s,
@@ -252,6 +331,7 @@ class ProviderNode:
             max_processes=self.settings.max_processes,
             max_file_mb=spec.resources.disk_mb,
             max_output_bytes=self.settings.max_output_bytes,
+            cpu_cores=spec.resources.cpu,
         )
         return ExecutionRequest(
             job_id=terms.job_id,
@@ -261,9 +341,14 @@ class ProviderNode:
             outputs=list(spec.outputs),
             limits=limits,
             fuel=spec.fuel,
+            checkpointing=spec.checkpoint is not None,
+            restore=restore,
+            image=spec.image,
         )
 
-    def _job_result(self, terms: ContractTerms, outcome: ExecutionResult) -> JobResult:
+    def _job_result(
+        self, terms: ContractTerms, outcome: ExecutionResult, *, checkpoint_bytes: int = 0
+    ) -> JobResult:
         outputs = [
             OutputFile(
                 path=item.path,
@@ -285,7 +370,9 @@ class ProviderNode:
             stdout_truncated=outcome.stdout_truncated,
             stderr_truncated=outcome.stderr_truncated,
             outputs=outputs,
-            usage=outcome.usage,
+            usage=outcome.usage.model_copy(
+                update={"bytes_out": outcome.usage.bytes_out + checkpoint_bytes}
+            ),
             finished_at_ms=now_ms(),
         )
 
@@ -322,9 +409,7 @@ class ProviderNode:
         """Allocations a previous run of this node left unfinished end as signed failures."""
         for record in self.allocations.unfinished():
             terms = parse_model(ContractTerms, record.contract["terms"], what="contract terms")
-            signed = sign_result(
-                self.actor.identity, self._failure(terms, "the node restarted during the run")
-            )
+            signed = sign_result(self.actor.identity, self._failure(terms, INTERRUPTED_REASON))
             self.allocations.finish(record.contract_id, signed)
             log.warning("allocation %s was interrupted by a restart", record.contract_id)
 
@@ -336,6 +421,11 @@ class ProviderNode:
         if record is None or record.consumer != inbound.sender:
             raise MeshError("no such allocation for you here", code="unknown_allocation")
         return _fetch_reply(record)
+
+
+INTERRUPTED_REASON = "interrupted: the node restarted during the run"
+"""The reason signed into the result of an allocation a restart cut short; consumers
+recognise its ``interrupted:`` prefix and place the job elsewhere (orchestrator.recovery)."""
 
 
 def _fetch_reply(record: AllocationRecord) -> dict[str, Any]:

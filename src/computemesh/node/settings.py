@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from computemesh.models.job import REGION_PATTERN
+from computemesh.node.faults import parse_fault
+from computemesh.node.latency import ProbeSettings
 
 
 class NodeSettings(BaseModel):
@@ -16,12 +18,37 @@ class NodeSettings(BaseModel):
     region: str = Field(default="local", pattern=REGION_PATTERN)
     price_per_cpu_hour: float = Field(default=0.10, ge=0)
     sandbox: bool = True
-    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
     advertise_interval_s: float = Field(default=30.0, gt=0)
     max_inline_output_bytes: int = Field(default=256 * 1024, ge=0)
     max_output_bytes: int = Field(default=64 * 1024, ge=0, description="stdout/stderr cap each")
     max_processes: int = Field(default=64, ge=1)
     memory_fraction: float = Field(default=0.8, gt=0, le=1)
+    fault: str | None = Field(
+        default=None, description="Misbehave on purpose (tests only): see node/faults.py."
+    )
+    latency_probe_interval_s: float = Field(default=10.0, gt=0, description="See node/latency.py.")
+    latency_peers_per_round: int = Field(
+        default=3, ge=0, le=64, description="Peers pinged each round; 0 measures nothing."
+    )
+    latency_samples: int = Field(default=3, ge=1, le=32, description="Round trips kept per peer.")
+    latency_max_peers: int = Field(default=64, ge=1, le=1024, description="Peers tracked.")
+
+    @field_validator("fault")
+    @classmethod
+    def _known_fault(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_fault(value)
+        return value
+
+    def probe_settings(self) -> ProbeSettings:
+        return ProbeSettings(
+            interval_s=self.latency_probe_interval_s,
+            peers_per_round=self.latency_peers_per_round,
+            samples=self.latency_samples,
+            max_peers=self.latency_max_peers,
+            peer_ttl_s=4 * self.advertise_interval_s,
+        )
 
     @property
     def work_root(self) -> Path:

@@ -11,10 +11,15 @@ from computemesh.models.market import Bid, BidRefusal
 
 @dataclass
 class BidCollection:
-    """Bids and refusals that arrived for one request; ``done`` is set on early close."""
+    """Bids and refusals that arrived for one request; ``done`` is set on early close.
+
+    The window closes early once every node in ``expected`` answered, or once every node
+    in ``preferred`` (the best candidates) bid. One answer per sender counts.
+    """
 
     request_id: str
-    expected: int | None = None
+    expected: frozenset[str] = frozenset()
+    preferred: frozenset[str] = frozenset()
     bids: list[tuple[str, Bid]] = field(default_factory=list)
     refusals: list[tuple[str, BidRefusal]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -31,11 +36,21 @@ class BidCollection:
         self.refusals.append((sender, refusal))
         self._maybe_close()
 
+    def answered(self) -> set[str]:
+        return {sender for sender, _ in self.bids} | {sender for sender, _ in self.refusals}
+
+    def silent(self) -> set[str]:
+        """Nodes expected to answer that did not."""
+        return set(self.expected) - self.answered()
+
     def _maybe_close(self) -> None:
-        if self.expected is not None and len(self.bids) + len(self.refusals) >= self.expected:
+        bidders = {sender for sender, _ in self.bids}
+        everyone = bool(self.expected) and self.expected <= self.answered()
+        best = bool(self.preferred) and self.preferred <= bidders
+        if everyone or best:
             self.done.set()
 
     async def wait(self, window_s: float) -> None:
-        """Until the window closes, or earlier once every expected node has answered."""
+        """Until the window closes, or earlier (see the class docstring)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.done.wait(), timeout=window_s)

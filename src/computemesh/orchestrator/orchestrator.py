@@ -1,9 +1,12 @@
 """The consumer's orchestrator: bid, pick, contract, collect and verify results.
 
 Life of a job here: ``submit`` writes it to the store (durable before acknowledged);
-``place`` broadcasts a bid request, collects signed bids for a bounded window (closing early
-once every known node answered), re-checks each bid against the spec, signs contracts with
-the cheapest fitting providers and has them countersigned; ``await_outcome`` waits for the
+``place`` picks candidates from the node index (fed by the advertisement and heartbeat
+streams, see ``mesh_view``), sends them the bid request directly (broadcasting it only when
+the index is short), collects signed bids for a bounded window (closing early once every
+node asked answered or the best candidates bid), re-checks each bid against the spec, signs
+contracts with the cheapest fitting providers and has them countersigned; while capacity is
+short the job waits in the durable placement queue; ``await_outcome`` waits for the
 providers' signed results (pushed, or fetched when the push was missed) and verifies each
 one against its contract and the spec before the job counts as done.
 """
@@ -11,23 +14,46 @@ one against its contract and the spec before the job counts as done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from computemesh.actor import Actor, Inbound, behaviours
 from computemesh.identity.canonical import canonical_json
 from computemesh.identity.did import abbreviate_did
-from computemesh.matching import max_charge, rank_bids, unmet_requirements
+from computemesh.matching import explain, match_job, max_charge, rank_bids, unmet_requirements
+from computemesh.models.ensemble import EnsembleSpec
 from computemesh.models.errors import MeshError, NoProviderError, SpecError, VerificationError
 from computemesh.models.job import JobSpec
-from computemesh.models.market import Advertisement, Bid, BidRefusal, BidRequest, ContractTerms
+from computemesh.models.market import (
+    Advertisement,
+    Bid,
+    BidRefusal,
+    BidRequest,
+    ContractTerms,
+    Heartbeat,
+)
 from computemesh.models.validation import parse_job_spec, parse_model
 from computemesh.orchestrator.bids import BidCollection
+from computemesh.orchestrator.checkpoints import CheckpointDesk
+from computemesh.orchestrator.ensembles import EnsembleOutcome, deploy_ensemble
+from computemesh.orchestrator.liveness import LivenessBounds, NodeState
+from computemesh.orchestrator.logs import LogDesk
+from computemesh.orchestrator.mesh_view import MeshView
 from computemesh.orchestrator.outcome import Outcome, judge_outcome
+from computemesh.orchestrator.payments import Payments, escrow_for_commit
+from computemesh.orchestrator.recovery import Recovery, RecoveryReport
+from computemesh.orchestrator.verify_flow import (
+    VerificationFlow,
+    consumer_verification,
+    place_more_replicas,
+)
 from computemesh.protocol import propose_contract, spec_digest, verify_contract
+from computemesh.settlement import Ledger
 from computemesh.store import JobRecord, JobRepository
 
 log = logging.getLogger(__name__)
@@ -41,9 +67,25 @@ class OrchestratorSettings:
     retry_interval_s: float = 0.5
     fetch_interval_s: float = 5.0
     request_timeout_s: float = 5.0
+    candidate_factor: int = 4
+    """Bid requests go directly to up to ``replicas x candidate_factor`` indexed nodes."""
+    suspect_after_s: float = 2.5
+    dead_after_s: float = 5.0
+    sweep_interval_s: float = 0.5
+    queue_retry_s: float = 5.0
+    """Queued jobs are retried when capacity appears, and at least this often."""
+    rediscover_after_s: float = 5.0
+    """A heartbeat from a node not indexed asks it for its advertisement, at most this often."""
+    region: str | None = None
+    """The consumer's region: the round trips it measures to candidates (pinged once when
+    unknown, fresh for ``rtt_ttl_s``) count as their latency to it (``mesh_view``)."""
+    rtt_ttl_s: float = 300.0
+
+    def liveness_bounds(self) -> LivenessBounds:
+        return LivenessBounds(suspect_after_s=self.suspect_after_s, dead_after_s=self.dead_after_s)
 
 
-TRANSIENT_MARKS = ("free now", "capacity was taken", "no provider answered")
+TRANSIENT_MARKS = ("free now", "capacity was taken", "no provider answered", "did not answer")
 
 
 ENVELOPE_HEADROOM_BYTES = 16 * 1024
@@ -72,27 +114,91 @@ class Orchestrator:
         actor: Actor,
         jobs: JobRepository,
         settings: OrchestratorSettings | None = None,
+        ledger: Ledger | None = None,
+        verification: VerificationFlow | None = None,
     ) -> None:
         self.actor = actor
         self.jobs = jobs
         self.settings = settings or OrchestratorSettings()
-        self.known_nodes: dict[str, Advertisement] = {}
+        self.verification = verification or consumer_verification(jobs, actor.identity, ledger)
+        self._wanted_replicas: dict[str, int] = {}
+        self.payments = (
+            Payments(ledger=ledger, verifier=actor.identity) if ledger is not None else None
+        )
+        self.view = MeshView(
+            self.settings.liveness_bounds(),
+            region=self.settings.region,
+            rtt_ttl_s=self.settings.rtt_ttl_s,
+        )
+        self._probes: set[asyncio.Task[None]] = set()
+        self.on_node_dead = self.view.on_node_dead
+        """Callbacks called with the DID of each node declared dead."""
         self._collections: dict[str, BidCollection] = {}
+        self._placing: set[str] = set()
+        self._settled: dict[str, asyncio.Event] = {}
+        self._advert_asked: dict[str, float] = {}
+        self._loops: list[asyncio.Task[None]] = []
         self._result_arrived: dict[str, asyncio.Event] = {}
         self._discovery: dict[str, Advertisement] | None = None
+        self.recovery = Recovery(self)
+        self.on_node_dead.append(self.recovery.on_node_dead)
+        self.checkpoints = CheckpointDesk(jobs, actor.did)
+        self.logs = LogDesk(jobs)
         for behavior, handler in (
+            (behaviours.CHECKPOINT, self.checkpoints.on_checkpoint),
+            (behaviours.CHECKPOINT_FETCH, self.checkpoints.on_checkpoint_fetch),
+            (behaviours.LOG, self.logs.on_log),
             (behaviours.BID, self.on_bid),
             (behaviours.BID_REFUSAL, self.on_bid_refusal),
             (behaviours.RESULT, self.on_result),
             (behaviours.ADVERTISEMENT, self.on_advertisement),
+            (behaviours.HEARTBEAT, self.on_heartbeat),
         ):
             actor.register(behavior, handler)
 
     async def start(self) -> None:
+        """Listen, follow the advertisement and heartbeat streams, and serve the queue."""
         await self.actor.start()
+        await self.actor.join(behaviours.TOPIC_ADVERTISEMENTS)
+        await self.actor.join(behaviours.TOPIC_HEARTBEATS)
+        self._loops = [
+            asyncio.create_task(self._sweep_loop()),
+            asyncio.create_task(self._queue_loop()),
+        ]
 
     async def stop(self) -> None:
+        await self._stop_loops()
+        for probe in self._probes:
+            probe.cancel()
+        await asyncio.gather(*self._probes, return_exceptions=True)
+        await self.recovery.stop()
         await self.actor.stop()
+
+    async def recover(self) -> RecoveryReport:
+        """Take up the jobs a previous process left unfinished (see ``orchestrator.recovery``)."""
+        return await self.recovery.recover()
+
+    async def resume(self, job_id: str, *, exclude: Collection[str] = ()) -> list[dict[str, Any]]:
+        """Place the job again, away from ``exclude``, resuming from its latest checkpoint.
+
+        Contracts of providers in ``exclude`` without a result are superseded; the new ones
+        name the latest checkpoint in ``resume_from`` (as every placement of a job with a
+        checkpoint does). Raises MeshError (code "no_checkpoint") for a job without one.
+        """
+        if self.checkpoints.latest_digest(job_id) is None:
+            raise MeshError(f"job {job_id} has no checkpoint to resume from", code="no_checkpoint")
+        record = self.jobs.get(job_id)
+        reported = {document["body"]["contract_id"] for document in record.results}
+        for contract in record.contracts:
+            terms = contract["terms"]
+            if terms["provider"] in exclude and terms["contract_id"] not in reported:
+                self.jobs.supersede_contract(job_id, terms["contract_id"])
+        record = self.jobs.get(job_id)
+        missing = parse_job_spec(record.spec).replicas - len(record.contracts)
+        if missing <= 0:
+            return record.contracts
+        held = {contract["terms"]["provider"] for contract in record.contracts}
+        return await self.place(job_id, exclude={*exclude, *held}, count=missing)
 
     # Discovery ----------------------------------------------------------------------------
 
@@ -106,9 +212,39 @@ class Orchestrator:
 
     async def on_advertisement(self, inbound: Inbound) -> None:
         advert = parse_model(Advertisement, inbound.payload, what="advertisement")
-        self.known_nodes[inbound.sender] = advert
+        self.view.advertised(inbound.sender, advert, time.monotonic())
         if self._discovery is not None:
             self._discovery[inbound.sender] = advert
+
+    async def on_heartbeat(self, inbound: Inbound) -> None:
+        beat = parse_model(Heartbeat, inbound.payload, what="heartbeat")
+        now = time.monotonic()
+        if self.view.heartbeat(inbound.sender, beat, now):
+            return
+        if now - self._advert_asked.get(inbound.sender, -1e9) >= self.settings.rediscover_after_s:
+            self._advert_asked[inbound.sender] = now
+            await self.actor.send(inbound.sender, behaviours.DISCOVER, {})
+
+    async def _stop_loops(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+
+    @property
+    def known_nodes(self) -> dict[str, Advertisement]:
+        """The advertisement of every indexed (live, plausible) node."""
+        index = self.view.index
+        return {did: index.advertisement(did) for did in index.providers()}
+
+    def node_states(self) -> dict[str, NodeState]:
+        """Alive, suspect or dead, per node heard from."""
+        return self.view.node_states()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            self.view.sweep(time.monotonic())
 
     # Submission and placement -------------------------------------------------------------
 
@@ -121,49 +257,211 @@ class Orchestrator:
         self.jobs.create(job_id, spec.name, spec.model_dump(mode="json"))
         return job_id
 
-    async def place(self, job_id: str) -> list[dict[str, Any]]:
-        """Contract ``replicas`` providers for the job, retrying while capacity is short."""
-        spec = parse_job_spec(self.jobs.get(job_id).spec)
-        self.jobs.set_status(job_id, "bidding")
-        deadline = time.monotonic() + self.settings.placement_timeout_s
-        while True:
-            try:
-                contracts = await self._place_once(job_id, spec)
-            except NoProviderError as exc:
-                if not exc.retryable or time.monotonic() >= deadline:
-                    self.jobs.set_status(job_id, "no_provider", "\n".join(exc.reasons))
-                    raise
-                await asyncio.sleep(self.settings.retry_interval_s)
-                continue
-            return contracts
+    async def place(
+        self, job_id: str, *, exclude: Collection[str] = (), count: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Contract ``count`` providers for the job; queue it while capacity is short.
 
-    async def _place_once(self, job_id: str, spec: JobSpec) -> list[dict[str, Any]]:
-        collection = await self._collect_bids(job_id, spec)
+        ``count`` defaults to the spec's replicas; providers in ``exclude`` are not contracted.
+        A permanent reason raises ``NoProviderError`` (the job ends ``no_provider``). A
+        transient one queues the job (status ``queued``, see ``drain_queue``); this returns
+        its contracts once the queue placed it, or ``[]`` after ``placement_timeout_s`` with
+        the job still queued.
+        """
+        spec = parse_job_spec(self.jobs.get(job_id).spec)
+        exclude = {*exclude, *self.verification.excluded()}
+        count = count or self.verification.initial_replicas(spec)
+        self.jobs.set_status(job_id, "bidding")
+        contracts = await self._attempt(job_id, spec, frozenset(exclude), count or spec.replicas)
+        if contracts is not None:
+            return contracts
+        await self._wait_settled(job_id, self.settings.placement_timeout_s)
+        record = self.jobs.get(job_id)
+        if record.status == "no_provider":
+            raise NoProviderError(
+                f"no provider can take job {spec.name!r}", reasons=record.reason.splitlines()
+            )
+        return [] if record.status == "queued" else record.contracts
+
+    async def drain_queue(self) -> list[str]:
+        """Try each queued job once, first in queue order first; the ids now placed.
+
+        A job that still does not fit keeps its place and lets the next ones try
+        (backfilling): capacity too small for the first job may fit a later one.
+        """
+        placed = []
+        for entry in self.jobs.queue.ordered():
+            if entry.job_id in self._placing:
+                continue
+            record = self.jobs.get(entry.job_id)
+            spec = parse_job_spec(record.spec)
+            missing = spec.replicas - len(record.contracts)
+            if record.is_final or missing <= 0:
+                self._settle(entry.job_id)
+                continue
+            held = frozenset(contract["terms"]["provider"] for contract in record.contracts)
+            with contextlib.suppress(NoProviderError):
+                if await self._attempt(entry.job_id, spec, held, missing) is not None:
+                    placed.append(entry.job_id)
+        return placed
+
+    def queue_position(self, job_id: str) -> int | None:
+        return self.jobs.queue.position(job_id)
+
+    async def deploy_ensemble(
+        self, ensemble: EnsembleSpec, *, timeout: float | None = None
+    ) -> EnsembleOutcome:
+        """Place, contract and run every allocation together (see ``ensembles``)."""
+        longest = max(spec.timeout_s for spec in ensemble.allocations)
+        return await deploy_ensemble(self, ensemble, timeout=timeout or longest + 30.0)
+
+    async def _attempt(
+        self, job_id: str, spec: JobSpec, exclude: frozenset[str], wanted: int
+    ) -> list[dict[str, Any]] | None:
+        """One placement round: the contracts, or None when the job was queued."""
+        self._placing.add(job_id)
+        try:
+            contracts = await self._place_once(job_id, spec, exclude, wanted)
+        except NoProviderError as exc:
+            if exc.retryable:
+                self._settled.setdefault(job_id, asyncio.Event()).clear()
+                self.jobs.queue.enqueue(job_id, priority=spec.priority, reason=exc.message)
+                self.jobs.set_status(job_id, "queued", "\n".join(exc.reasons))
+                return None
+            self.jobs.set_status(job_id, "no_provider", "\n".join(exc.reasons))
+            self._settle(job_id)
+            raise
+        finally:
+            self._placing.discard(job_id)
+        self._settle(job_id)
+        return contracts
+
+    def _settle(self, job_id: str) -> None:
+        """The job left the queue (placed or failed): wake whoever waits for it."""
+        self.jobs.queue.remove(job_id)
+        self._settled.setdefault(job_id, asyncio.Event()).set()
+
+    async def _wait_settled(self, job_id: str, timeout: float) -> None:
+        await wait_event(self._settled.setdefault(job_id, asyncio.Event()), timeout)
+
+    async def _queue_loop(self) -> None:
+        while True:
+            await wait_event(self.view.capacity_changed, self.settings.queue_retry_s)
+            self.view.capacity_changed.clear()
+            try:
+                await self.drain_queue()
+            except Exception:
+                log.exception("placing queued jobs failed; retrying later")
+
+    async def _place_once(
+        self, job_id: str, spec: JobSpec, exclude: frozenset[str], wanted: int
+    ) -> list[dict[str, Any]]:
+        collection = await self._collect_bids(job_id, spec, exclude, wanted)
         fitting, rejected = self._screen_bids(spec, collection.bids)
+        fitting = [(provider, bid) for provider, bid in fitting if provider not in exclude]
         contracts: list[dict[str, Any]] = []
         failures: list[str] = []
         for provider, bid in rank_bids(fitting):
-            if len(contracts) == spec.replicas:
+            if len(contracts) == wanted:
                 break
             try:
-                contracts.append(await self._contract(job_id, spec, provider, bid))
+                contracts.append(await self.contract_bid(job_id, provider, bid))
             except MeshError as exc:
                 failures.append(f"{abbreviate_did(provider)}: commit refused: {exc.message}")
-        if len(contracts) < spec.replicas:
+        if len(contracts) < wanted:
             raise self._no_provider(spec, collection, rejected + failures, len(contracts))
         return contracts
 
-    async def _collect_bids(self, job_id: str, spec: JobSpec) -> BidCollection:
+    async def bid_from(self, job_id: str, provider: str) -> Bid:
+        """Ask ``provider`` alone for a bid on the job (its placement was decided already).
+
+        Raises ``NoProviderError`` (the job ends ``no_provider``) unless it bids and the
+        bid fits the spec.
+        """
+        spec = parse_job_spec(self.jobs.get(job_id).spec)
+        self.jobs.set_status(job_id, "bidding")
+        collection = await self._ask(job_id, spec, [provider], 1, broadcast=False)
+        fitting, rejected = self._screen_bids(spec, collection.bids)
+        for bidder, bid in fitting:
+            if bidder == provider:
+                return bid
+        error = self._no_provider(spec, collection, rejected, 0)
+        self.jobs.set_status(job_id, "no_provider", "\n".join(error.reasons))
+        raise error
+
+    async def contract_bid(self, job_id: str, provider: str, bid: Bid) -> dict[str, Any]:
+        """Contract the job with ``provider`` on its ``bid``; its capacity is promised."""
+        spec = parse_job_spec(self.jobs.get(job_id).spec)
+        contract = await self._contract(job_id, spec, provider, bid)
+        self.view.promise(
+            contract["terms"]["contract_id"], provider, spec.resources, time.monotonic()
+        )
+        return contract
+
+    def candidates(self, spec: JobSpec, exclude: frozenset[str], wanted: int) -> list[str]:
+        """The indexed nodes to ask first, best first: ``wanted x candidate_factor`` at most;
+        suspect nodes (heartbeats late) after the others, in their order."""
+        limit = wanted * self.settings.candidate_factor
+        ranked = match_job(self.view.index, spec, limit=limit + len(exclude))
+        suspects = self.view.suspects()
+        chosen = [c.provider for c in ranked if c.provider not in exclude][:limit]
+        return sorted(chosen, key=lambda did: did in suspects)
+
+    def _measure_rtt(self, dids: list[str]) -> None:
+        """Ping, in the background, those of ``dids`` whose round trip is not known fresh."""
+        if self.settings.region is None:
+            return
+        for did in self.view.rtt_unknown(dids, time.monotonic()):
+            probe = asyncio.create_task(self._ping(did))
+            self._probes.add(probe)
+            probe.add_done_callback(self._probes.discard)
+
+    async def _ping(self, did: str) -> None:
+        started = time.perf_counter()
+        payload = {"sent_ms": int(time.time() * 1000)}
+        try:
+            await self.actor.request(
+                did, behaviours.PING, payload, timeout=self.settings.request_timeout_s
+            )
+        except MeshError as exc:
+            log.debug("ping to %s: %s", abbreviate_did(did), exc.code)
+            return
+        self.view.measured_rtt(did, (time.perf_counter() - started) * 1000.0, time.monotonic())
+
+    async def _collect_bids(
+        self, job_id: str, spec: JobSpec, exclude: frozenset[str], wanted: int
+    ) -> BidCollection:
+        """Ask the index's candidates directly; broadcast too when they are too few.
+
+        The broadcast copy names the nodes asked directly, which ignore it. The window
+        closes early once every node asked answered (every indexed node, when broadcast)
+        or the best ``wanted`` candidates all bid.
+        """
+        chosen = self.candidates(spec, exclude, wanted)
+        self._measure_rtt(chosen)
+        return await self._ask(job_id, spec, chosen, wanted, broadcast=len(chosen) < wanted)
+
+    async def _ask(
+        self, job_id: str, spec: JobSpec, chosen: list[str], wanted: int, *, broadcast: bool
+    ) -> BidCollection:
         request = BidRequest(request_id=new_id(), job_id=job_id, spec=spec)
-        expected = len(self.known_nodes) or None
-        collection = BidCollection(request_id=request.request_id, expected=expected)
+        collection = BidCollection(
+            request_id=request.request_id,
+            expected=frozenset(self.view.index.providers() if broadcast else chosen),
+            preferred=frozenset() if broadcast else frozenset(chosen[:wanted]),
+        )
         self._collections[request.request_id] = collection
         try:
-            await self.actor.broadcast(
-                behaviours.TOPIC_BID_REQUESTS,
-                behaviours.BID_REQUEST,
-                request.model_dump(mode="json"),
+            payload = request.model_dump(mode="json")
+            await asyncio.gather(
+                *(self.actor.send(did, behaviours.BID_REQUEST, payload) for did in chosen)
             )
+            if broadcast:
+                await self.actor.broadcast(
+                    behaviours.TOPIC_BID_REQUESTS,
+                    behaviours.BID_REQUEST,
+                    request.model_copy(update={"asked": chosen}).model_dump(mode="json"),
+                )
             await collection.wait(self.settings.bid_window_s)
         finally:
             del self._collections[request.request_id]
@@ -192,18 +490,45 @@ class Orchestrator:
             f"{abbreviate_did(provider)}: {'; '.join(refusal.reasons)}"
             for provider, refusal in collection.refusals
         ] + problems
-        answered = len(collection.bids) + len(collection.refusals)
-        if answered == 0:
+        reasons.extend(
+            f"{abbreviate_did(did)}: did not answer within {self.settings.bid_window_s:g} s"
+            for did in sorted(collection.silent())
+        )
+        if not collection.answered():
             reasons.append(f"no provider answered within {self.settings.bid_window_s:g} s")
+        # Worth waiting for: some node short only of capacity that may free up, or silent.
+        retryable = any(
+            all(is_transient(reason) for reason in refusal.reasons)
+            for _, refusal in collection.refusals
+        ) or any(is_transient(line) for line in reasons[len(collection.refusals) :])
+        reasons.extend(self._explanation_lines(spec, collection.answered()))
         error = NoProviderError(
             f"no provider can take job {spec.name!r}: {placed} of {spec.replicas} placed,"
             f" {len(collection.bids)} bid(s), {len(collection.refusals)} refusal(s)",
             reasons=reasons,
             hint="relax the job's resources or constraints, or add nodes (`cmesh status`)",
         )
-        # Only capacity that may free up (or nodes still starting) is worth waiting for.
-        error.retryable = all(is_transient(reason) for reason in reasons)
+        error.retryable = retryable
         return error
+
+    def _explanation_lines(self, spec: JobSpec, answered: set[str]) -> list[str]:
+        """Per hard constraint, what it removes from the index; near misses not heard from."""
+        if not len(self.view.index):
+            return []
+        explanation = explain(self.view.index, spec)
+        lines = [
+            f"index: {effect.name} removes {effect.alone} of {explanation.nodes} node(s),"
+            f" {effect.remaining} left after it"
+            for effect in explanation.effects
+            if effect.alone
+        ]
+        lines.extend(
+            f"{abbreviate_did(miss.provider)}: near miss (advertised):"
+            f" {'; '.join(reason for _, reason in miss.failed)}"
+            for miss in explanation.nearest
+            if miss.provider not in answered
+        )
+        return lines
 
     async def _contract(
         self, job_id: str, spec: JobSpec, provider: str, bid: Bid
@@ -217,28 +542,32 @@ class Orchestrator:
             price_per_cpu_hour=bid.price_per_cpu_hour,
             max_charge=max_charge(spec, bid.price_per_cpu_hour),
             created_at_ms=int(time.time() * 1000),
+            resume_from=self.checkpoints.latest_digest(job_id),
         )
         self._result_arrived[terms.contract_id] = asyncio.Event()
-        reply = await self.actor.request(
-            provider,
-            behaviours.COMMIT,
-            {
-                "proposal": propose_contract(self.actor.identity, terms),
-                "spec": spec.model_dump(mode="json"),
-            },
-            timeout=self.settings.commit_timeout_s,
-        )
-        contract = reply.get("contract")
-        signed = verify_contract(contract)
-        if signed != terms:
-            raise VerificationError("the provider countersigned other terms")
-        assert isinstance(contract, dict)
-        self.jobs.add_contract(job_id, contract)
+        with escrow_for_commit(self.payments, terms, spec):
+            reply = await self.actor.request(
+                provider,
+                behaviours.COMMIT,
+                {
+                    "proposal": propose_contract(self.actor.identity, terms),
+                    "spec": spec.model_dump(mode="json"),
+                },
+                timeout=self.settings.commit_timeout_s,
+            )
+            contract = reply.get("contract")
+            signed = verify_contract(contract)
+            if signed != terms:
+                raise VerificationError("the provider countersigned other terms")
+            assert isinstance(contract, dict)
+            self.jobs.add_contract(job_id, contract)
         log.info("job %s contracted to %s", job_id, abbreviate_did(provider))
         return contract
 
     async def on_bid(self, inbound: Inbound) -> None:
         bid = parse_model(Bid, inbound.payload, what="bid")
+        if inbound.sender not in self.view.index:
+            self.view.advertised(inbound.sender, bid.advertisement, time.monotonic())
         collection = self._collections.get(bid.request_id)
         if collection is not None:
             collection.add_bid(inbound.sender, bid)
@@ -267,6 +596,9 @@ class Orchestrator:
         if outcome.rejected:
             log.warning("job %s: result rejected: %s", job_id, outcome.rejected)
             raise VerificationError(outcome.rejected)
+        outcome = self.verification.apply(record, outcome)
+        if outcome.more:
+            self._wanted_replicas[record.job_id] = outcome.more
         if outcome.final:
             self.jobs.record_outcome(
                 record.job_id,
@@ -275,15 +607,18 @@ class Orchestrator:
                 verified=outcome.verified,
                 reason=outcome.reason,
             )
+            if self.payments is not None:
+                self.payments.settle_outcome(record.contracts, outcome)
         else:
             self.jobs.record_outcome(
                 record.job_id,
                 results=outcome.results,
                 status="running",
                 verified=False,
-                reason="",
+                reason=outcome.reason,
             )
         for contract_id in outcome.contract_ids:
+            self.view.release(contract_id)
             event = self._result_arrived.get(contract_id)
             if event is not None:
                 event.set()
@@ -306,6 +641,9 @@ class Orchestrator:
                 )
             except MeshError as exc:
                 log.info("fetching %s from %s: %s", job_id, abbreviate_did(terms.provider), exc)
+                await self.recovery.on_unreachable(record.job_id, terms, exc)
+                continue
+            if await self.recovery.on_fetched(record.job_id, terms, reply.get("result")):
                 continue
             if reply.get("result") is not None:
                 try:
@@ -321,6 +659,11 @@ class Orchestrator:
             record = self.jobs.get(job_id)
             if record.is_final:
                 return record
+            wanted = self._wanted_replicas.pop(job_id, 0)
+            if wanted:
+                await place_more_replicas(self, job_id, wanted)
+                deadline = max(deadline, time.monotonic() + timeout)
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return await self.fetch_results(job_id)
@@ -335,6 +678,8 @@ class Orchestrator:
         ]
         waiters = [asyncio.create_task(event.wait()) for event in events if not event.is_set()]
         if not waiters:
+            if record.status == "queued":
+                await self._wait_settled(record.job_id, timeout)
             return
         _, pending = await asyncio.wait(
             waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -350,6 +695,19 @@ class Orchestrator:
         except NoProviderError:
             return self.jobs.get(job_id)
         return await self.await_outcome(job_id, timeout=timeout or spec.timeout_s + 30.0)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Until ``event`` is set or ``timeout`` passes; a cancellation is never lost.
+
+    (``asyncio.wait_for`` on Python 3.11 can swallow a cancel that arrives as the event
+    is set, which would leave a background loop running after ``stop``.)
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
 
 
 def is_transient(reason: str) -> bool:

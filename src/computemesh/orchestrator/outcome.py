@@ -21,6 +21,10 @@ class Outcome:
     reason: str
     rejected: str = ""
     contract_ids: list[str] = field(default_factory=list)
+    more: int = 0
+    """Replicas the verification policy wants on other providers before it decides."""
+    lost: list[str] = field(default_factory=list)
+    """Contracts whose results a quorum proved wrong: never to be paid."""
 
 
 def result_fingerprint(result: JobResult) -> tuple[object, ...]:

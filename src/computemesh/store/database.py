@@ -6,7 +6,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, String, Text, create_engine, event
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -32,6 +43,8 @@ class JobRow(Base):
     contracts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     verified: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    """Events ``{"at", "event", "detail"}``, oldest first (``store.jobs``)."""
     created_at: Mapped[float] = mapped_column(Float, default=now_s)
     updated_at: Mapped[float] = mapped_column(Float, default=now_s, onupdate=now_s)
 
@@ -50,6 +63,49 @@ class AllocationRow(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now_s)
     updated_at: Mapped[float] = mapped_column(Float, default=now_s, onupdate=now_s)
+
+
+class QueuedJobRow(Base):
+    """A consumer's job waiting for capacity: higher ``priority`` first, then oldest."""
+
+    __tablename__ = "placement_queue"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    priority: Mapped[int] = mapped_column(Integer, index=True)
+    enqueued_at: Mapped[float] = mapped_column(Float, default=now_s)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class CheckpointRow(Base):
+    """A verified checkpoint a provider pushed: its signed document and archive bytes."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("contract_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    contract_id: Mapped[str] = mapped_column(String(32))
+    seq: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    archive: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float, default=now_s)
+
+
+class LogChunkRow(Base):
+    """A chunk of a running job's output, as its provider pushed it."""
+
+    __tablename__ = "log_chunks"
+    __table_args__ = (UniqueConstraint("contract_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    contract_id: Mapped[str] = mapped_column(String(32))
+    seq: Mapped[int] = mapped_column(Integer)
+    stream: Mapped[str] = mapped_column(String(8))
+    data: Mapped[str] = mapped_column(Text)
+    dropped: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float, default=now_s)
 
 
 def sqlite_url(path: Path) -> str:

@@ -1,8 +1,10 @@
-"""A ``Transport`` over a NATS server, using nats-py.
+"""A ``Transport`` over a NATS server or cluster, using nats-py.
 
-The connection reconnects by itself after the server goes away (subscriptions are renewed
-on the new connection); publishes made while disconnected are buffered up to a limit.
-Every nats-py error is raised as ``TransportError`` or ``RequestTimeout``.
+The client holds every server URL it was given (plus those the cluster announces) and
+reconnects by itself, forever by default, to whichever server answers after the one it used
+goes away; subscriptions are renewed on the new connection, and publishes made while
+disconnected are buffered up to a limit. Every nats-py error is raised as
+``TransportError`` or ``RequestTimeout``.
 """
 
 from __future__ import annotations
@@ -88,13 +90,12 @@ class NatsTransport:
     ) -> NatsTransport:
         """Connect to the first reachable server of ``url`` and return the transport.
 
-        ``max_reconnect_attempts=-1`` reconnects forever after a lost connection. Raises
-        ``TransportError(code="connect_failed")`` when every server refused or
+        ``url`` is one URL, a comma-separated list of them (as ``--nats`` takes it), or a
+        list. ``max_reconnect_attempts=-1`` reconnects forever after a lost connection.
+        Raises ``TransportError(code="connect_failed")`` when every server refused or
         ``connect_timeout`` seconds passed without a connection.
         """
-        servers = [url] if isinstance(url, str) else list(url)
-        if not servers:
-            raise ValueError("at least one NATS URL is needed")
+        servers = server_urls(url)
         transport = cls(Client(), drain_timeout=drain_timeout)
         options: dict[str, Any] = {
             "servers": servers,
@@ -151,6 +152,11 @@ class NatsTransport:
             await connecting
         with contextlib.suppress(Exception):
             await self._nc.close()
+
+    @property
+    def connected_server(self) -> str | None:
+        """``host:port`` of the server this client is connected to now; None while it is not."""
+        return self._server_name() if self._nc.is_connected else None
 
     @property
     def max_payload(self) -> int:
@@ -277,7 +283,7 @@ class NatsTransport:
 
     async def _on_disconnected(self) -> None:
         if self._connected and not self._closing:
-            log.warning("disconnected from NATS; reconnecting")
+            log.warning("disconnected from NATS at %s; reconnecting", self._server_name())
 
     async def _on_reconnected(self) -> None:
         log.info("reconnected to NATS at %s", self._server_name())
@@ -285,6 +291,18 @@ class NatsTransport:
     async def _on_closed(self) -> None:
         if self._connected and not self._closing:
             log.error("the NATS connection closed and will not reconnect")
+
+
+def server_urls(url: str | list[str]) -> list[str]:
+    """The server URLs in ``url``: a list, or one string of comma-separated URLs.
+
+    Raises ``ValueError`` when there is none.
+    """
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    servers = [part.strip() for part in parts if part.strip()]
+    if not servers:
+        raise ValueError("at least one NATS URL is needed")
+    return servers
 
 
 @contextlib.contextmanager

@@ -1,13 +1,16 @@
-"""Running a local ``nats-server`` as a detached process, and stopping processes by pid.
+"""Running local ``nats-server`` processes (alone or as a cluster) and stopping them by pid.
 
 ``start_nats_server`` launches the server in its own session, so it outlives the command
 that started it; it is later stopped by pid with ``stop_process``, which works for any
 process (provider nodes included), whether or not this interpreter started it.
+``start_nats_cluster`` starts several servers joined by cluster routes on loopback, so that
+clients holding the list of their URLs survive the loss of any one of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -15,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,20 +32,35 @@ LOG_TAIL_CHARS = 2000
 POLL_INTERVAL_S = 0.05
 KILL_GRACE_S = 5.0
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+CLUSTER_NAME = "computemesh"
+ROUTES_PATH = "/routez"
 
 _children: dict[int, subprocess.Popen[bytes]] = {}
 """Processes this interpreter started, by pid, so they can be reaped when stopped."""
 
 
 @dataclass(frozen=True)
+class ClusterMembership:
+    """A server's place in a cluster: its route port and the route URLs of its peers."""
+
+    server_name: str
+    route_port: int
+    monitor_port: int
+    peer_routes: tuple[str, ...]
+    cluster_name: str = CLUSTER_NAME
+
+
+@dataclass(frozen=True)
 class NatsServerInfo:
-    """A running nats-server: its pid, address, JetStream store and log."""
+    """A running nats-server: its pid, address, JetStream store, log and cluster place."""
 
     pid: int
     host: str
     port: int
     store_dir: Path
     log_file: Path
+    cluster: ClusterMembership | None = None
 
     @property
     def url(self) -> str:
@@ -89,16 +109,20 @@ def start_nats_server(
     *,
     host: str = "127.0.0.1",
     port: int | None = None,
-    max_payload: int = 2 * 1024 * 1024,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
     jetstream: bool = True,
     log_file: Path | None = None,
     ready_timeout: float = 10.0,
+    cluster: ClusterMembership | None = None,
+    routes_needed: int = 0,
 ) -> NatsServerInfo:
     """Launch a detached nats-server listening on ``host:port`` and wait until it accepts.
 
-    The config (``max_payload``) is written to ``store_dir``; JetStream, when enabled,
-    stores under ``store_dir/jetstream``; output is appended to ``log_file`` (default
-    ``store_dir/nats-server.log``). A free port is picked when ``port`` is None.
+    The config (``max_payload``, and the ``cluster`` block when given) is written to
+    ``store_dir``; JetStream, when enabled, stores under ``store_dir/jetstream``; output is
+    appended to ``log_file`` (default ``store_dir/nats-server.log``). A free port is picked
+    when ``port`` is None. A cluster member is ready once it also has routes to
+    ``routes_needed`` peers (0: do not wait for routes).
 
     Raises ``TransportError``: ``nats_server_missing`` without a binary, ``port_in_use``
     when something already accepts on ``port``, and ``nats_server_failed`` (with the
@@ -112,16 +136,122 @@ def start_nats_server(
     store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     port = _choose_port(host, port)
     log_file = (log_file or store_dir / LOG_NAME).absolute()
-    config = _write_config(store_dir, max_payload)
+    config = _write_config(store_dir, max_payload, host, cluster)
     command = _server_command(binary, config, host, port, store_dir, jetstream=jetstream)
     process, log_offset = _launch(command, log_file)
-    info = NatsServerInfo(process.pid, host, port, store_dir, log_file)
+    info = NatsServerInfo(process.pid, host, port, store_dir, log_file, cluster)
     try:
         _wait_until_ready(process, info, ready_timeout, log_offset)
+        if routes_needed:
+            wait_for_routes(info, routes_needed, timeout=ready_timeout)
     except BaseException:
         stop_process(process.pid, timeout=2.0)
         raise
     return info
+
+
+def plan_cluster(count: int, host: str = "127.0.0.1") -> list[tuple[int, ClusterMembership]]:
+    """Client ports and cluster places for ``count`` servers that route to one another.
+
+    Server ``i`` is named ``hub-<i+1>``; every port is one that was free a moment ago.
+    """
+    if count < 2:
+        raise ValueError("a cluster needs at least two servers")
+    route_ports = [free_port(host) for _ in range(count)]
+    route_host = client_host(host)
+    routes = [f"nats-route://{route_host}:{port}" for port in route_ports]
+    return [
+        (
+            free_port(host),
+            ClusterMembership(
+                server_name=f"hub-{index + 1}",
+                route_port=route_ports[index],
+                monitor_port=free_port(host),
+                peer_routes=tuple(route for peer, route in enumerate(routes) if peer != index),
+            ),
+        )
+        for index in range(count)
+    ]
+
+
+def start_nats_cluster(
+    store_root: Path,
+    count: int,
+    *,
+    host: str = "127.0.0.1",
+    logs_dir: Path | None = None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    jetstream: bool = True,
+    ready_timeout: float = 15.0,
+) -> list[NatsServerInfo]:
+    """Start ``count`` clustered servers (stores ``store_root/hub-N``) with full routes.
+
+    Returns once every server accepts clients and routes to every peer, so a message
+    published on one reaches subscribers on all. Logs go to ``logs_dir/hub-N.log``
+    (default: each store). If any server fails, those already started are stopped and
+    the error is raised.
+    """
+    started: list[NatsServerInfo] = []
+    try:
+        for port, membership in plan_cluster(count, host):
+            name = membership.server_name
+            log_file = (logs_dir or store_root / name) / f"{name}.log"
+            started.append(
+                start_nats_server(
+                    store_root / name,
+                    host=host,
+                    port=port,
+                    log_file=log_file,
+                    max_payload=max_payload,
+                    jetstream=jetstream,
+                    ready_timeout=ready_timeout,
+                    cluster=membership,
+                )
+            )
+        for server in started:
+            wait_for_routes(server, count - 1, timeout=ready_timeout)
+    except BaseException:
+        for server in started:
+            stop_process(server.pid, timeout=2.0)
+        raise
+    return started
+
+
+def wait_for_routes(info: NatsServerInfo, needed: int, *, timeout: float) -> None:
+    """Wait until ``info`` routes to ``needed`` distinct peers (read from its monitor port).
+
+    Raises ``TransportError(code="nats_server_failed")`` when that does not happen in time.
+    """
+    if info.cluster is None:
+        raise ValueError("the server is not a cluster member")
+    deadline = time.monotonic() + timeout
+    while len(routed_peers(info)) < needed:
+        if time.monotonic() >= deadline:
+            raise _start_failed(info, f"did not route to {needed} peer(s) within {timeout}s", 0)
+        time.sleep(POLL_INTERVAL_S)
+
+
+def routed_peers(info: NatsServerInfo) -> set[str]:
+    """The names of the peers ``info`` has a route to now; empty when it cannot be asked."""
+    if info.cluster is None:
+        return set()
+    url = f"http://{client_host(info.host)}:{info.cluster.monitor_port}{ROUTES_PATH}"
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            report = json.loads(response.read())
+    except (OSError, urllib.error.URLError, ValueError):
+        return set()
+    routes = report.get("routes") if isinstance(report, dict) else None
+    return {
+        str(route["remote_name"])
+        for route in routes or []
+        if isinstance(route, dict) and route.get("remote_name")
+    }
+
+
+def accepts_clients(info: NatsServerInfo) -> bool:
+    """Whether the server's process is alive and its client port accepts connections."""
+    return is_process_alive(info.pid) and _accepts(client_host(info.host), info.port)
 
 
 def stop_process(pid: int, *, timeout: float = 10.0) -> bool:
@@ -176,10 +306,28 @@ def _choose_port(host: str, port: int | None) -> int:
     return port
 
 
-def _write_config(store_dir: Path, max_payload: int) -> Path:
+def _write_config(
+    store_dir: Path, max_payload: int, host: str, cluster: ClusterMembership | None
+) -> Path:
+    lines = [f"max_payload: {max_payload}"]
+    if cluster is not None:
+        lines += _cluster_config(host, cluster)
     config = store_dir / CONFIG_NAME
-    config.write_text(f"max_payload: {max_payload}\n")
+    config.write_text("\n".join(lines) + "\n")
     return config
+
+
+def _cluster_config(host: str, cluster: ClusterMembership) -> list[str]:
+    routes = ", ".join(json.dumps(route) for route in cluster.peer_routes)
+    return [
+        f"server_name: {json.dumps(cluster.server_name)}",
+        f"http: {json.dumps(f'{host}:{cluster.monitor_port}')}",
+        "cluster {",
+        f"  name: {json.dumps(cluster.cluster_name)}",
+        f"  listen: {json.dumps(f'{host}:{cluster.route_port}')}",
+        f"  routes: [{routes}]",
+        "}",
+    ]
 
 
 def _server_command(

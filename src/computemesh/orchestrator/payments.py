@@ -1,0 +1,168 @@
+"""The consumer's side of settlement: escrow per contract, payment per verified result.
+
+Order of a paid job:
+
+1. ``lock`` the contract's whole ``max_charge`` in escrow *before* the COMMIT is sent (the
+   provider checks the escrow before it countersigns); if the commit does not go through,
+   ``refund`` at once (``escrow_for_commit`` does both around the commit);
+2. when the job is judged (``settle_outcome``): each contract of a completed, verified job
+   gets a final ``release_verified`` of the price of its signed usage
+   (``settlement.pricing``), split provider / treasury / model creator by the ledger, the
+   rest of the escrow refunded; a failed or unverified job is refunded in full;
+3. a verified checkpoint may be paid on the way with ``release_checkpoint`` (a non-final
+   release); a later ``refund`` returns only what is left.
+
+Every movement is idempotent on the ledger: a lock and a refund by contract id, a release by
+the result id (the SHA-256 of the signed result or checkpoint document), so a result that
+arrives twice, or a judgement repeated after a restart, never pays twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from computemesh.identity import Identity, document_digest
+from computemesh.identity.did import abbreviate_did
+from computemesh.models.job import JobSpec
+from computemesh.models.market import ContractTerms, JobResult
+from computemesh.models.validation import parse_model
+from computemesh.orchestrator.outcome import Outcome
+from computemesh.settlement import (
+    EscrowTerms,
+    Ledger,
+    Receipt,
+    SettlementError,
+    attest_result,
+    format_credits,
+)
+from computemesh.settlement.pricing import charge_for_usage
+
+log = logging.getLogger(__name__)
+
+
+def model_creator(spec: JobSpec) -> str | None:
+    """The DID of the model's creator when the spec names one (its share goes to them)."""
+    creator = getattr(spec, "model_creator", None)
+    return creator if isinstance(creator, str) else None
+
+
+class Payments:
+    """Escrow and payments for the contracts one consumer (``verifier``) makes.
+
+    ``verifier`` is the consumer's identity: it signs the attestation of each verified
+    result it pays. Methods raise ``SettlementError`` when the ledger refuses.
+    """
+
+    def __init__(self, *, ledger: Ledger, verifier: Identity) -> None:
+        self.ledger = ledger
+        self.verifier = verifier
+
+    def lock(self, terms: ContractTerms, spec: JobSpec) -> Receipt:
+        """Lock ``max_charge`` of the consumer's for the contract (``insufficient_funds``)."""
+        escrow = EscrowTerms.from_contract(terms, creator=model_creator(spec))
+        receipt = self.ledger.lock(escrow)
+        log.info(
+            "contract %s: %s credits in escrow", terms.contract_id, format_credits(escrow.amount)
+        )
+        return receipt
+
+    def refund(self, contract_id: str) -> Receipt | None:
+        """Close the escrow, returning what is left; None when it was settled already."""
+        try:
+            receipt = self.ledger.refund(contract_id)
+        except SettlementError as exc:
+            if exc.code != "escrow_closed":
+                raise
+            return None
+        log.info("contract %s: %s credits refunded", contract_id, format_credits(receipt.refund))
+        return receipt
+
+    def release_verified(self, terms: ContractTerms, document: Mapping[str, Any]) -> Receipt:
+        """Pay a verified final result the price of its signed usage; refund the rest.
+
+        ``document`` is the provider's signed ``job-result`` for ``terms``, already verified.
+        """
+        result = parse_model(JobResult, document.get("body"), what="job result")
+        amount = charge_for_usage(result.usage, terms)
+        return self._release(terms, document, amount, final=True)
+
+    def release_checkpoint(
+        self, terms: ContractTerms, document: Mapping[str, Any], amount: int
+    ) -> Receipt:
+        """Pay ``amount`` units for a verified checkpoint document; the escrow stays open."""
+        return self._release(terms, document, amount, final=False)
+
+    def settle_outcome(
+        self, contracts: Sequence[Mapping[str, Any]], outcome: Outcome
+    ) -> list[Receipt]:
+        """Pay or refund every contract of a job judged final; nothing before that.
+
+        A completed, verified job pays each of its results; otherwise, and for a contract
+        with no result among the outcome's, the escrow is refunded. A refusal is logged and
+        the other contracts still settle.
+        """
+        if not outcome.final:
+            return []
+        pays = outcome.status == "completed" and outcome.verified
+        results = {document["body"]["contract_id"]: document for document in outcome.results}
+        receipts: list[Receipt] = []
+        for terms in map(_terms_of, contracts):
+            document = results.get(terms.contract_id)
+            try:
+                receipt = (
+                    self.release_verified(terms, document)
+                    if pays and document is not None
+                    else self.refund(terms.contract_id)
+                )
+            except SettlementError as exc:
+                log.error("contract %s not settled: %s", terms.contract_id, exc.message)
+                continue
+            if receipt is not None:
+                receipts.append(receipt)
+        return receipts
+
+    def _release(
+        self, terms: ContractTerms, document: Mapping[str, Any], amount: int, *, final: bool
+    ) -> Receipt:
+        attested = attest_result(
+            self.verifier,
+            contract_id=terms.contract_id,
+            result_id=document_digest(document),
+            amount=amount,
+            final=final,
+        )
+        receipt = self.ledger.release(attested)
+        log.info(
+            "contract %s: paid %s credits to %s%s",
+            terms.contract_id,
+            format_credits(receipt.amount),
+            abbreviate_did(terms.provider),
+            f", refunded {format_credits(receipt.refund)}" if final else "",
+        )
+        return receipt
+
+
+@contextmanager
+def escrow_for_commit(
+    payments: Payments | None, terms: ContractTerms, spec: JobSpec
+) -> Iterator[None]:
+    """Lock the escrow before the commit inside; refund it at once if the commit fails."""
+    if payments is None:
+        yield
+        return
+    payments.lock(terms, spec)
+    try:
+        yield
+    except BaseException:
+        try:
+            payments.refund(terms.contract_id)
+        except SettlementError as exc:
+            log.error("contract %s: refund failed: %s", terms.contract_id, exc.message)
+        raise
+
+
+def _terms_of(contract: Mapping[str, Any]) -> ContractTerms:
+    return parse_model(ContractTerms, contract.get("terms"), what="contract terms")

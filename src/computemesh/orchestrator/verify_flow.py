@@ -1,0 +1,259 @@
+"""The job's verification policy applied to its judged outcome, with what follows from it.
+
+``judge_outcome`` proves each signed result; ``VerificationFlow.apply`` then runs the job's
+policy (``verification.decide``) over the proven results once every placed replica has
+answered. The verdict either asks for more replicas on other providers (``Outcome.more``,
+placed by ``place_more_replicas``) or ends the job; a final verdict updates reputation
+(confirmed providers gain, missing ones count a timeout) and turns each losing result into
+a stored, signed fraud record, the provider excluded from placement from then on and, with
+a ledger, its stake slashed (``FraudSink``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from computemesh.identity import Identity
+from computemesh.identity.did import abbreviate_did
+from computemesh.models.errors import NoProviderError, SpecError
+from computemesh.models.job import JobSpec, VerificationSpec
+from computemesh.models.market import JobResult
+from computemesh.models.validation import parse_job_spec
+from computemesh.orchestrator.outcome import Outcome
+from computemesh.settlement import UNITS_PER_CREDIT, Ledger
+from computemesh.store import JobRecord, JobRepository
+from computemesh.verification import (
+    FraudFinding,
+    FraudSink,
+    PolicyTuning,
+    ReputationBook,
+    Standing,
+    Verdict,
+    answer_of,
+    decide,
+    initial_replicas,
+    judge_fraud,
+    learn_from_verdict,
+    seeded_draw,
+    slash_through_ledger,
+)
+
+if TYPE_CHECKING:
+    from computemesh.orchestrator.orchestrator import Orchestrator
+
+log = logging.getLogger(__name__)
+
+
+class FraudRecords(Protocol):
+    """Where fraud records are kept (``store.FraudRepository``)."""
+
+    def add(self, finding: FraudFinding) -> bool:
+        """Store it; False when its contract already has one (nothing changes then)."""
+        ...
+
+    def for_job(self, job_id: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class VerificationSettings:
+    """The network's verification defaults.
+
+    ``default`` applies to jobs whose spec names no policy. ``seed`` fixes every random
+    decision (tests, the simulation); left out, each orchestrator draws its own.
+    """
+
+    default: VerificationSpec = field(default_factory=VerificationSpec)
+    tuning: PolicyTuning = field(default_factory=PolicyTuning)
+    seed: str | None = None
+    slash_units: int = UNITS_PER_CREDIT
+    """Stake slashed per proven fraud when a ledger is configured."""
+
+
+class VerificationFlow:
+    def __init__(
+        self,
+        *,
+        judge: Identity,
+        reputation: ReputationBook,
+        fraud: FraudRecords,
+        settings: VerificationSettings | None = None,
+        on_fraud: FraudSink | None = None,
+        stake_of: Callable[[str], int | None] | None = None,
+    ) -> None:
+        self.judge = judge
+        self.reputation = reputation
+        self.fraud = fraud
+        self.settings = settings or VerificationSettings()
+        self.on_fraud = on_fraud
+        self.stake_of = stake_of
+        self._seed = self.settings.seed or secrets.token_hex(16)
+        self._expected: dict[str, int] = {}
+
+    def rules_for(self, spec: JobSpec) -> VerificationSpec:
+        """The job's rules; ``SpecError`` for a policy this network cannot apply."""
+        rules = spec.verification or self.settings.default
+        if "zk" in rules.policies:
+            raise SpecError(
+                "the zk policy is not available: this orchestrator cannot verify proofs yet",
+                hint="use redundant, adaptive or audit",
+            )
+        return rules
+
+    def initial_replicas(self, spec: JobSpec) -> int:
+        rules = self.rules_for(spec)
+        if rules.policies == {"none"}:
+            return spec.replicas
+        return initial_replicas(rules, spec.replicas)
+
+    def excluded(self) -> set[str]:
+        """Providers caught in a fraud: never placed again."""
+        return self.reputation.excluded()
+
+    def reputation_of(self, did: str) -> float:
+        """This consumer's view of a provider, 0..1, for matching to use."""
+        return self.reputation.reputation_of(did)
+
+    def apply(self, record: JobRecord, outcome: Outcome) -> Outcome:
+        """``outcome`` once the job's policy has judged it (unchanged while replicas run)."""
+        if not outcome.final:
+            return outcome
+        spec = parse_job_spec(record.spec)
+        rules = self.rules_for(spec)
+        if rules.policies == {"none"}:
+            return outcome
+        if record.is_final:
+            return _as_judged(record, outcome)
+        expected = max(self.initial_replicas(spec), self._expected.get(record.job_id, 0))
+        if len(outcome.results) < expected:
+            return replace(outcome, final=False, status="running", verified=False, reason="")
+        results = [JobResult.model_validate(document["body"]) for document in outcome.results]
+        verdict = decide(
+            rules,
+            [answer_of(result) for result in results],
+            initial=initial_replicas(rules, spec.replicas),
+            executor=spec.executor,
+            standing=lambda did: self._standing(did, spec.executor),
+            draw=seeded_draw(self._seed, record.job_id),
+            tuning=self.settings.tuning,
+        )
+        log.info("job %s: %s (%s)", record.job_id, verdict.decision, verdict.reason)
+        if verdict.decision == "replicate":
+            reason = f"verifying: {verdict.reason}, {verdict.extra} more replica(s)"
+            return replace(
+                outcome,
+                final=False,
+                status="running",
+                verified=False,
+                reason=reason,
+                more=verdict.extra,
+            )
+        self._learn(record.job_id, spec.executor, outcome.results, results, verdict)
+        return _final_outcome(outcome, results, verdict)
+
+    def expect(self, job_id: str, replicas: int) -> None:
+        """Judge the job only once ``replicas`` results are in (more are being placed)."""
+        self._expected[job_id] = replicas
+
+    def _standing(self, did: str, executor: str) -> Standing:
+        return Standing(
+            verified=self.reputation.record(did, executor).verified,
+            score=self.reputation.reputation_of(did),
+            stake=self.stake_of(did) if self.stake_of else None,
+        )
+
+    def _learn(
+        self,
+        job_id: str,
+        executor: str,
+        documents: list[dict[str, Any]],
+        results: list[JobResult],
+        verdict: Verdict,
+    ) -> None:
+        providers = [result.provider for result in results]
+        learn_from_verdict(self.reputation, verdict, providers, executor)
+        winning = [documents[index] for index in verdict.winners]
+        for index in verdict.losers:
+            finding = judge_fraud(
+                self.judge,
+                job_id=job_id,
+                executor=executor,
+                losing_result=documents[index],
+                winning_results=winning,
+                reason=verdict.reason,
+            )
+            self._record(finding)
+
+    def _record(self, finding: FraudFinding) -> None:
+        if not self.fraud.add(finding):
+            return
+        log.warning(
+            "job %s: %s returned a wrong result; excluded",
+            finding.job_id,
+            abbreviate_did(finding.provider),
+        )
+        if self.on_fraud is not None:
+            self.on_fraud(finding)
+
+
+def _as_judged(record: JobRecord, outcome: Outcome) -> Outcome:
+    """A result arriving after the verdict changes nothing: the stored verdict stands."""
+    return replace(
+        outcome,
+        results=record.results,
+        status=record.status,
+        verified=bool(record.verified),
+        reason=record.reason,
+    )
+
+
+def _final_outcome(outcome: Outcome, results: list[JobResult], verdict: Verdict) -> Outcome:
+    lost = [results[index].contract_id for index in verdict.losers]
+    if verdict.decision == "accept" and verdict.winners:
+        winner = results[verdict.winners[0]]
+        status = "completed" if winner.status == "completed" else "failed"
+        reason = winner.reason or ("" if status == "completed" else f"exit code {winner.exit_code}")
+        return replace(outcome, status=status, verified=True, reason=reason, lost=lost)
+    failures = "; ".join(
+        f"{abbreviate_did(result.provider)}: {result.status} {result.reason}".strip()
+        for result in results
+    )
+    return replace(
+        outcome, status="failed", verified=False, reason=f"{verdict.reason}: {failures}", lost=lost
+    )
+
+
+def consumer_verification(
+    jobs: JobRepository, judge: Identity, ledger: Ledger | None = None
+) -> VerificationFlow:
+    """Verification over the consumer's store; frauds slash through ``ledger`` when given."""
+    settings = VerificationSettings()
+    return VerificationFlow(
+        judge=judge,
+        reputation=ReputationBook(jobs.reputation),
+        fraud=jobs.fraud,
+        settings=settings,
+        on_fraud=None
+        if ledger is None
+        else slash_through_ledger(ledger, judge, amount=settings.slash_units),
+    )
+
+
+async def place_more_replicas(orchestrator: Orchestrator, job_id: str, count: int) -> None:
+    """Contract ``count`` more providers, none already on the job; fail the job if none can."""
+    record = orchestrator.jobs.get(job_id)
+    used = frozenset(contract["terms"]["provider"] for contract in record.contracts)
+    orchestrator.verification.expect(job_id, len(record.contracts) + count)
+    try:
+        await orchestrator.place(job_id, exclude=used, count=count)
+    except NoProviderError as exc:
+        orchestrator.jobs.record_outcome(
+            job_id,
+            results=record.results,
+            status="failed",
+            verified=False,
+            reason=f"verification needs {count} more replica(s) on other providers: {exc.message}",
+        )

@@ -1,0 +1,41 @@
+"""A short chaos run on real processes: a 3-hub NATS cluster, provider nodes under
+bubblewrap and a consumer process; one consumer, one hub and one provider are SIGKILLed
+mid-run and restarted. No job may be lost and none accepted twice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(400),
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = 40
+
+
+def test_killing_a_consumer_a_hub_and_a_provider_loses_and_duplicates_nothing() -> None:
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "chaos.py"),
+        *("--jobs", str(JOBS), "--nodes", "3", "--interval", "1.5", "--deadline", "300"),
+        *("--each-once", "--kinds", "orchestrator", "hub", "provider", "--json"),
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=380)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+
+    assert result["finished"] is True, result["not_completed"]
+    assert result["submitted"] == JOBS
+    assert result["lost"] == 0, result["not_completed"]
+    assert result["duplicated"] == 0
+    assert result["completed"] == JOBS
+    assert result["kills"] == {"orchestrator": 1, "hub": 1, "provider": 1}
