@@ -1,6 +1,7 @@
 """A short chaos run on real processes: a 3-hub NATS cluster, provider nodes under
-bubblewrap and a consumer process; one consumer, one hub and one provider are SIGKILLed
-mid-run and restarted. No job may be lost and none accepted twice."""
+bubblewrap and a consumer process, sharing the local mesh's ledger; one consumer, one hub and
+one provider are SIGKILLed mid-run and restarted. No job may be lost, none accepted twice,
+no contract paid twice or more than its price, and no escrow left locked."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 JOBS = 40
 
 
-def test_killing_a_consumer_a_hub_and_a_provider_loses_and_duplicates_nothing() -> None:
+def test_killing_a_consumer_a_hub_and_a_provider_loses_nothing_and_pays_once() -> None:
     command = [
         sys.executable,
         str(REPO / "bench" / "chaos.py"),
@@ -38,4 +39,9 @@ def test_killing_a_consumer_a_hub_and_a_provider_loses_and_duplicates_nothing() 
     assert result["lost"] == 0, result["not_completed"]
     assert result["duplicated"] == 0
     assert result["completed"] == JOBS
+    assert result["escrows_locked"] >= JOBS  # the ledger is on: every contract locked escrow
+    assert result["double_paid"] == 0
+    assert result["underpaid"] == 0
+    assert result["escrow_locked_after"] == 0, result["open_escrows"]
+    assert result["ledger_ok"] is True, result["ledger_problems"]
     assert result["kills"] == {"orchestrator": 1, "hub": 1, "provider": 1}

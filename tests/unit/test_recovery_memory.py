@@ -229,17 +229,18 @@ async def test_a_contract_is_superseded_once_and_never_on_a_final_job(mesh: Mesh
 
 
 async def test_relocation_gives_up_after_its_bound(mesh: Mesh) -> None:
-    only = await mesh.add_node("only", 0.1, GatedExecutor())
+    first = await mesh.add_node("first", 0.1, GatedExecutor())
+    second = await mesh.add_node("second", 0.2, GatedExecutor())
     orchestrator = await mesh.orchestrator()
     orchestrator.recovery = Recovery(orchestrator, RecoverySettings(max_relocations=1))
     try:
         job_id = orchestrator.submit(job())
-        await orchestrator.place(job_id)
+        (contract,) = await orchestrator.place(job_id)
+        assert contract["terms"]["provider"] == first.identity.did
 
-        moved = await orchestrator.recovery.relocate(job_id, {only.identity.did})
-        assert moved == []  # nobody else can take it
-        assert orchestrator.jobs.get(job_id).contracts == []
-        assert await orchestrator.recovery.relocate(job_id, {only.identity.did}) == []
+        (moved,) = await orchestrator.recovery.relocate(job_id, {first.identity.did})
+        assert moved["terms"]["provider"] == second.identity.did
+        assert await orchestrator.recovery.relocate(job_id, {second.identity.did}) == []
         record = orchestrator.jobs.get(job_id)
     finally:
         await orchestrator.stop()

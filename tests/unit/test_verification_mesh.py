@@ -14,7 +14,6 @@ import pytest
 from computemesh.actor import Actor
 from computemesh.cli.verify import verification_view
 from computemesh.identity import Identity
-from computemesh.models.errors import SpecError
 from computemesh.models.job import JobSpec
 from computemesh.models.market import Hardware
 from computemesh.node.provider import ProviderNode
@@ -244,11 +243,3 @@ async def test_policy_none_keeps_a_single_unchecked_result(make_mesh: MeshFactor
     assert record.status == "completed"
     assert len(record.results) == 1
     assert mesh.orchestrator.jobs.fraud.for_job(record.job_id) == []
-
-
-async def test_zk_policy_is_refused_with_the_reason(make_mesh: MeshFactory) -> None:
-    mesh = await make_mesh([None])
-    spec = job({"policy": "zk"}, executor="onnx", command=["model.onnx"], outputs=[])
-    job_id = mesh.orchestrator.submit(spec)
-    with pytest.raises(SpecError, match="zk policy is not available"):
-        await mesh.orchestrator.place(job_id)

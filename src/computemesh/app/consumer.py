@@ -11,6 +11,8 @@ from computemesh.app.home import MeshHome
 from computemesh.app.ledger import consumer_ledger
 from computemesh.identity import load_or_create_identity
 from computemesh.orchestrator import Orchestrator, OrchestratorSettings
+from computemesh.orchestrator.verify_flow import VerificationSettings, consumer_verification
+from computemesh.settlement import SqliteLedger
 from computemesh.store import JobRepository, open_database, sqlite_url
 from computemesh.transport import NatsTransport
 
@@ -45,6 +47,7 @@ async def consumer_session(
     nats_url: str,
     *,
     settings: OrchestratorSettings | None = None,
+    verification: VerificationSettings | None = None,
     resume: bool = True,
 ) -> AsyncIterator[Orchestrator]:
     """A started orchestrator on the mesh at ``nats_url``; stopped and disconnected on exit.
@@ -52,7 +55,10 @@ async def consumer_session(
     With ``resume``, the jobs a previous session left unfinished are taken up in the
     background (``orchestrator.recovery``), unless another live session of this home does.
 
-    With a ledger in the home (``app.ledger``), every contract is paid through it.
+    ``verification`` sets the network's default policy (for specs that name none) and the
+    seed of its draws. With a ledger in the home (``app.ledger``), every contract is paid
+    through it, and a proven fraud slashes the provider's stake when this home's identity
+    is one of the ledger's arbiters (it is on a local mesh).
     """
     jobs = open_jobs(home)
     identity = load_or_create_identity(home.root)
@@ -63,6 +69,9 @@ async def consumer_session(
         jobs=jobs,
         settings=settings,
         ledger=ledger,
+        verification=consumer_verification(
+            jobs, identity, _arbiter_ledger(ledger, identity.did), settings=verification
+        ),
     )
     with recovery_claim(home) if resume else _no_claim() as claimed:
         try:
@@ -73,6 +82,11 @@ async def consumer_session(
         finally:
             await orchestrator.stop()
             await transport.close()
+
+
+def _arbiter_ledger(ledger: SqliteLedger | None, did: str) -> SqliteLedger | None:
+    """``ledger`` when ``did`` may sign the fraud records it slashes on, else None."""
+    return ledger if ledger is not None and did in ledger.settings.arbiters else None
 
 
 @contextmanager

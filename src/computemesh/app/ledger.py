@@ -4,6 +4,8 @@ A home's ledger is ``<home>/ledger.db`` (``MeshHome.ledger_db``). A local mesh (
 `cmesh demo`) creates it when it comes up, if it is missing:
 
 - its author is the home's identity, the consumer that locks, releases and refunds;
+- its one arbiter is that same identity: the local consumer judges results, so the fraud
+  records it signs slash the stake of a provider caught lying on its own local network;
 - its treasury is a key of the local network's own (``mesh/treasury/identity.json``), and
   its split the default of ``LedgerSettings`` (provider 80 / treasury 15 / creator 5 %);
 - the node processes open the same file (its path in ``$CMESH_LEDGER``) to check each
@@ -39,10 +41,11 @@ LOCAL_FAUCET_CREDITS = 1000
 FAUCET_ID_PREFIX = "local-faucet"
 
 
-def local_ledger_settings(home: MeshHome) -> LedgerSettings:
-    """The local network's rules: its own treasury key, the default split."""
+def local_ledger_settings(home: MeshHome, author: Identity) -> LedgerSettings:
+    """The local network's rules: its own treasury key, the default split, ``author`` (the
+    home's consumer) its arbiter."""
     treasury = load_or_create_identity(home.treasury_home)
-    return LedgerSettings(treasury=treasury.did)
+    return LedgerSettings(treasury=treasury.did, arbiters=frozenset({author.did}))
 
 
 def create_local_ledger(home: MeshHome) -> Path:
@@ -50,7 +53,7 @@ def create_local_ledger(home: MeshHome) -> Path:
     home.ensure()
     if not home.ledger_db.exists():
         author = load_or_create_identity(home.root)
-        ledger = SqliteLedger.open(home.ledger_db, author, local_ledger_settings(home))
+        ledger = SqliteLedger.open(home.ledger_db, author, local_ledger_settings(home, author))
         log.info("created the local ledger %s (%s)", home.ledger_db, ledger.ledger_id[:16])
     return home.ledger_db
 

@@ -148,7 +148,7 @@ def node_start(
     nats: str | None = NatsOption,
     region: str = typer.Option("local", "--region", help="Region this node advertises."),
     price: float = typer.Option(0.10, "--price", min=0, help="Price per cpu-hour."),
-    heartbeat: float = typer.Option(5.0, "--heartbeat", min=0.1, help="Heartbeat seconds."),
+    heartbeat: float = typer.Option(1.0, "--heartbeat", min=0.1, help="Heartbeat seconds."),
     insecure_no_sandbox: bool = typer.Option(
         False, "--insecure-no-sandbox", help="Run jobs without bubblewrap (unsafe)."
     ),

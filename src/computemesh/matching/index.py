@@ -74,6 +74,8 @@ class NodeIndex:
         self._spare: list[int] = []
         self._reservations: dict[str, tuple[str, Amounts]] = {}
         self._track: dict[str, tuple[int, int]] = {}
+        self._reputation_view: dict[str, float] = {}
+        """DID -> reputation set by the index's owner, used over the advertised one."""
         self._estimates: tuple[int, NDArray[np.float64]] | None = None
         self._weighted: dict[StaticWeights, NDArray[np.float64]] = {}
         self.org_slots = 0
@@ -254,6 +256,24 @@ class NodeIndex:
             self._rescore(row)
             self.version += 1
 
+    def set_reputation(self, did: str, reputation: float | None) -> None:
+        """Use ``reputation`` (0..1) for ``did`` instead of what it advertises.
+
+        It counts for ``min_reputation`` and the reputation score, is kept when the node
+        re-advertises, leaves the index and comes back; None returns to the advertised value.
+        """
+        if reputation is None:
+            self._reputation_view.pop(did, None)
+        else:
+            if not 0.0 <= reputation <= 1.0:
+                raise ValueError(f"reputation {reputation} is outside 0..1")
+            self._reputation_view[did] = reputation
+        row = self._rows.get(did)
+        if row is not None:
+            self._write_reputation(row, self.adverts[row])
+            self._rescore(row)
+            self.version += 1
+
     # Internals ----------------------------------------------------------------------------
 
     def _problems(self, did: str, offer: Advertisement) -> list[str]:
@@ -301,13 +321,18 @@ class NodeIndex:
             self.org_codes[slot, row] = self.organisations.code(name)
         self.org_slots = max(self.org_slots, len(set(offer.organisations)))
         self.price[row] = offer.price_per_cpu_hour
-        self.reputation[row] = np.nan if offer.reputation is None else offer.reputation
+        self._write_reputation(row, offer)
         self.scores[0, row] = price_score(offer.price_per_cpu_hour)
-        self.scores[1, row] = reputation_score(offer.reputation)
         self.scores[3, row] = success_score(*self._track.get(self.did_at(row), (0, 0)))
         self.gpus.set_node(row, hardware.gpus)
         reports = {self.regions.code(region): rtt for region, rtt in offer.latency_ms.items()}
         self.latency.set_row(row, reports)
+
+    def _write_reputation(self, row: int, offer: Advertisement | None) -> None:
+        advertised = None if offer is None else offer.reputation
+        reputation = self._reputation_view.get(self.did_at(row), advertised)
+        self.reputation[row] = np.nan if reputation is None else reputation
+        self.scores[1, row] = reputation_score(reputation)
 
     def _refresh_free(self, row: int) -> None:
         self.free[:, row] = np.maximum(self.advertised[:, row] - self.reserved[:, row], 0.0)

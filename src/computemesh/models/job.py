@@ -251,6 +251,9 @@ class RuntimeSpec(_Strict):
 VERIFICATION_POLICIES = ("none", "redundant", "adaptive", "audit", "zk")
 """Policy names; all but ``none`` combine with ``+`` (``"adaptive+audit"``)."""
 
+ZK_PROOF_OUTPUT = "zk/proof.json"
+"""The output in which a provider returns the proof of a ``zk`` job's inference."""
+
 
 def verification_policy_names(policy: str) -> frozenset[str]:
     """``"adaptive+audit"`` as ``{"adaptive", "audit"}``; ValueError names what is wrong."""
@@ -404,6 +407,10 @@ class JobSpec(_Strict):
         zk = self.verification is not None and "zk" in self.verification.policies
         if zk and self.executor != "onnx":
             raise ValueError("the zk policy applies to the onnx executor only")
+        if zk and ZK_PROOF_OUTPUT not in self.outputs:
+            raise ValueError(
+                f"a zk job must list {ZK_PROOF_OUTPUT} among its outputs (the provider's proof)"
+            )
         return self
 
     checkpoint: CheckpointSpec | None = Field(
@@ -421,3 +428,9 @@ class JobSpec(_Strict):
         if (self.image is not None) != (self.executor == "docker"):
             raise ValueError("image is required by the docker executor and used by no other")
         return self
+
+    model_creator: Did | None = Field(
+        default=None,
+        description="The DID paid the model creator's share of each payment for this job; "
+        "default: none (that share goes to the network's treasury).",
+    )

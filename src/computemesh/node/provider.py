@@ -46,6 +46,7 @@ from computemesh.protocol import check_proposal, countersign, sign_result, spec_
 from computemesh.settlement import Ledger
 from computemesh.settlement.escrow_checks import require_escrow
 from computemesh.store import AllocationRecord, AllocationRepository
+from computemesh.verification.zk import ZkKeys, attach_proof, wants_proof
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,8 @@ class ProviderNode:
             )
             pushed = checkpoints.bytes_out if checkpoints else 0
             result = self._job_result(terms, outcome, checkpoint_bytes=pushed)
+            if wants_proof(spec):
+                result = await self._with_proof(spec, result)
         except MeshError as exc:
             result = self._failure(terms, f"{exc.code}: {exc.message}")
         except Exception as exc:
@@ -375,6 +378,19 @@ class ProviderNode:
             ),
             finished_at_ms=now_ms(),
         )
+
+    async def _with_proof(self, spec: JobSpec, result: JobResult) -> JobResult:
+        """A completed zk job's result with the proof of its inference (``verification.zk``,
+        keys cached under ``<home>/cache/zk``). A proof that cannot be made is left out and
+        its reason logged: the consumer then accepts the result from no one."""
+        if result.status != "completed":
+            return result
+        keys = ZkKeys(self.settings.home / "cache" / "zk")
+        try:
+            return await asyncio.to_thread(attach_proof, keys, spec, result)
+        except MeshError as exc:
+            log.warning("no zk proof for job %s: %s", result.job_id, exc.message)
+            return result.model_copy(update={"reason": f"no zk proof: {exc.message}"[:2048]})
 
     def _failure(self, terms: ContractTerms, reason: str) -> JobResult:
         return JobResult(

@@ -19,6 +19,9 @@ supplies the clock), read by placement. Contract:
   ``region`` known, each one stands in the index as the node's latency to that region
   (what ``preferences.near`` names), over what the node itself reported for it: it is
   the consumer's own measurement.
+- With ``reputation_of`` (the consumer's own record of each provider), that reputation
+  stands in the index for the advertised one: read when a node is indexed and again at
+  ``reputation_changed``; it decides ``min_reputation`` and the reputation score.
 """
 
 from __future__ import annotations
@@ -54,8 +57,11 @@ class MeshView:
         *,
         region: str | None = None,
         rtt_ttl_s: float = 300.0,
+        reputation_of: Callable[[str], float] | None = None,
     ) -> None:
         self.index = NodeIndex()
+        self.reputation_of = reputation_of
+        """The consumer's own view of a provider's reputation (0..1), when it keeps one."""
         self.region = region
         """The consumer's own region, when known."""
         self.rtt_ttl_s = rtt_ttl_s
@@ -79,6 +85,8 @@ class MeshView:
         self._heard(did, now)
         self._settle_promises(did, now)
         self._apply_rtt(did)
+        if before is None:
+            self.reputation_changed(did)
         if before is None or _grew(before, self.index.free_of(did)):
             self.capacity_changed.set()
         return []
@@ -149,6 +157,13 @@ class MeshView:
             row, {self.index.regions.code(region): rtt for region, rtt in reports.items()}
         )
         self.index.version += 1  # region estimates are cached per version
+
+    # Reputation ---------------------------------------------------------------------------
+
+    def reputation_changed(self, did: str) -> None:
+        """Read ``did``'s reputation from ``reputation_of`` into the index again."""
+        if self.reputation_of is not None:
+            self.index.set_reputation(did, self.reputation_of(did))
 
     # Promised capacity --------------------------------------------------------------------
 

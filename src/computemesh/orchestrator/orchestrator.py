@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from computemesh.actor import Actor, Inbound, behaviours
@@ -121,7 +122,8 @@ class Orchestrator:
         self.jobs = jobs
         self.settings = settings or OrchestratorSettings()
         self.verification = verification or consumer_verification(jobs, actor.identity, ledger)
-        self._wanted_replicas: dict[str, int] = {}
+        self._more_replicas: dict[str, asyncio.Task[None]] = {}
+        """Job id -> the placement of replicas a verdict asked for, while it runs."""
         self.payments = (
             Payments(ledger=ledger, verifier=actor.identity) if ledger is not None else None
         )
@@ -129,7 +131,9 @@ class Orchestrator:
             self.settings.liveness_bounds(),
             region=self.settings.region,
             rtt_ttl_s=self.settings.rtt_ttl_s,
+            reputation_of=self.verification.reputation_of,
         )
+        self.verification.on_reputation.append(self.view.reputation_changed)
         self._probes: set[asyncio.Task[None]] = set()
         self.on_node_dead = self.view.on_node_dead
         """Callbacks called with the DID of each node declared dead."""
@@ -171,6 +175,10 @@ class Orchestrator:
         for probe in self._probes:
             probe.cancel()
         await asyncio.gather(*self._probes, return_exceptions=True)
+        placements = list(self._more_replicas.values())
+        for placement in placements:
+            placement.cancel()
+        await asyncio.gather(*placements, return_exceptions=True)
         await self.recovery.stop()
         await self.actor.stop()
 
@@ -194,7 +202,7 @@ class Orchestrator:
             if terms["provider"] in exclude and terms["contract_id"] not in reported:
                 self.jobs.supersede_contract(job_id, terms["contract_id"])
         record = self.jobs.get(job_id)
-        missing = parse_job_spec(record.spec).replicas - len(record.contracts)
+        missing = self.missing_replicas(record)
         if missing <= 0:
             return record.contracts
         held = {contract["terms"]["provider"] for contract in record.contracts}
@@ -295,15 +303,22 @@ class Orchestrator:
                 continue
             record = self.jobs.get(entry.job_id)
             spec = parse_job_spec(record.spec)
-            missing = spec.replicas - len(record.contracts)
+            missing = self.missing_replicas(record)
             if record.is_final or missing <= 0:
                 self._settle(entry.job_id)
                 continue
-            held = frozenset(contract["terms"]["provider"] for contract in record.contracts)
+            held = {contract["terms"]["provider"] for contract in record.contracts}
+            exclude = frozenset({*held, *self.verification.excluded()})
             with contextlib.suppress(NoProviderError):
-                if await self._attempt(entry.job_id, spec, held, missing) is not None:
+                if await self._attempt(entry.job_id, spec, exclude, missing) is not None:
                     placed.append(entry.job_id)
         return placed
+
+    def missing_replicas(self, record: JobRecord) -> int:
+        """Replicas the job still needs contracted: what its verification policy places
+        (initially, or more once a verdict asked) less the contracts it holds."""
+        spec = parse_job_spec(record.spec)
+        return self.verification.replicas_for(record.job_id, spec) - len(record.contracts)
 
     def queue_position(self, job_id: str) -> int | None:
         return self.jobs.queue.position(job_id)
@@ -467,14 +482,25 @@ class Orchestrator:
             del self._collections[request.request_id]
         return collection
 
-    @staticmethod
     def _screen_bids(
-        spec: JobSpec, bids: list[tuple[str, Bid]]
+        self, spec: JobSpec, bids: list[tuple[str, Bid]]
     ) -> tuple[list[tuple[str, Bid]], list[str]]:
-        """Bids that truly fit, and why the others were set aside."""
+        """Bids that truly fit, and why the others were set aside.
+
+        A bid is judged with this consumer's own reputation of its provider in place of the
+        advertised one; a provider caught in a fraud is set aside whatever it offers.
+        """
         fitting, rejected = [], []
+        excluded = self.verification.excluded()
         for provider, bid in bids:
-            reasons = unmet_requirements(spec, bid.advertisement, provider)
+            if provider in excluded:
+                rejected.append(
+                    f"{abbreviate_did(provider)}: bid set aside: excluded after a proven fraud"
+                )
+                continue
+            reputation = self.verification.reputation_of(provider)
+            advert = bid.advertisement.model_copy(update={"reputation": reputation})
+            reasons = unmet_requirements(spec, advert, provider)
             if bid.price_per_cpu_hour != bid.advertisement.price_per_cpu_hour:
                 reasons.append("bid price differs from its advertisement")
             if reasons:
@@ -590,15 +616,17 @@ class Orchestrator:
         self.accept_result(job_id, document)
 
     def accept_result(self, job_id: str, document: object) -> Outcome | None:
-        """Verify and store one signed result; judge the job once every replica reported."""
+        """Verify and store one signed result; judge the job once every replica reported.
+
+        When the verdict wants more replicas, they are placed in the background (awaited by
+        ``await_outcome`` when someone waits for the job, cancelled by ``stop``).
+        """
         record = self.jobs.find(job_id)
         outcome = judge_outcome(record, [*record.results, document])
         if outcome.rejected:
             log.warning("job %s: result rejected: %s", job_id, outcome.rejected)
             raise VerificationError(outcome.rejected)
         outcome = self.verification.apply(record, outcome)
-        if outcome.more:
-            self._wanted_replicas[record.job_id] = outcome.more
         if outcome.final:
             self.jobs.record_outcome(
                 record.job_id,
@@ -617,12 +645,30 @@ class Orchestrator:
                 verified=False,
                 reason=outcome.reason,
             )
+        if outcome.more:
+            self._place_more_replicas(record.job_id, outcome.more)
         for contract_id in outcome.contract_ids:
             self.view.release(contract_id)
             event = self._result_arrived.get(contract_id)
             if event is not None:
                 event.set()
         return outcome
+
+    def _place_more_replicas(self, job_id: str, count: int) -> None:
+        """Start placing ``count`` more replicas of the job, unless that is under way."""
+        running = self._more_replicas.get(job_id)
+        if running is not None and not running.done():
+            return
+        placement = asyncio.create_task(place_more_replicas(self, job_id, count))
+        self._more_replicas[job_id] = placement
+        placement.add_done_callback(partial(self._placed_more, job_id))
+
+    def _placed_more(self, job_id: str, placement: asyncio.Task[None]) -> None:
+        if self._more_replicas.get(job_id) is placement:
+            del self._more_replicas[job_id]
+        failure = None if placement.cancelled() else placement.exception()
+        if failure is not None:
+            log.error("job %s: placing more replicas failed", job_id, exc_info=failure)
 
     async def fetch_results(self, job_id: str) -> JobRecord:
         """Ask each contracted provider for a result not yet received."""
@@ -659,9 +705,9 @@ class Orchestrator:
             record = self.jobs.get(job_id)
             if record.is_final:
                 return record
-            wanted = self._wanted_replicas.pop(job_id, 0)
-            if wanted:
-                await place_more_replicas(self, job_id, wanted)
+            placement = self._more_replicas.get(job_id)
+            if placement is not None and not placement.done():
+                await asyncio.wait({placement})
                 deadline = max(deadline, time.monotonic() + timeout)
                 continue
             remaining = deadline - time.monotonic()

@@ -7,8 +7,10 @@ Order of a paid job:
    ``refund`` at once (``escrow_for_commit`` does both around the commit);
 2. when the job is judged (``settle_outcome``): each contract of a completed, verified job
    gets a final ``release_verified`` of the price of its signed usage
-   (``settlement.pricing``), split provider / treasury / model creator by the ledger, the
-   rest of the escrow refunded; a failed or unverified job is refunded in full;
+   (``settlement.pricing``), split provider / treasury / model creator (the spec's
+   ``model_creator``) by the ledger, the rest of the escrow refunded; a result the
+   verification policy proved wrong (``Outcome.lost``) is never paid, its escrow refunded;
+   a failed or unverified job is refunded in full;
 3. a verified checkpoint may be paid on the way with ``release_checkpoint`` (a non-final
    release); a later ``refund`` returns only what is left.
 
@@ -43,12 +45,6 @@ from computemesh.settlement.pricing import charge_for_usage
 log = logging.getLogger(__name__)
 
 
-def model_creator(spec: JobSpec) -> str | None:
-    """The DID of the model's creator when the spec names one (its share goes to them)."""
-    creator = getattr(spec, "model_creator", None)
-    return creator if isinstance(creator, str) else None
-
-
 class Payments:
     """Escrow and payments for the contracts one consumer (``verifier``) makes.
 
@@ -62,7 +58,7 @@ class Payments:
 
     def lock(self, terms: ContractTerms, spec: JobSpec) -> Receipt:
         """Lock ``max_charge`` of the consumer's for the contract (``insufficient_funds``)."""
-        escrow = EscrowTerms.from_contract(terms, creator=model_creator(spec))
+        escrow = EscrowTerms.from_contract(terms, creator=spec.model_creator)
         receipt = self.ledger.lock(escrow)
         log.info(
             "contract %s: %s credits in escrow", terms.contract_id, format_credits(escrow.amount)
@@ -95,19 +91,42 @@ class Payments:
         """Pay ``amount`` units for a verified checkpoint document; the escrow stays open."""
         return self._release(terms, document, amount, final=False)
 
+    def open_escrows(self) -> dict[str, str]:
+        """This consumer's escrows that no final release or refund closed yet: the job id
+        of each, by contract id (from the ledger's receipts, oldest first)."""
+        receipts = self.ledger.history(self.verifier.did)
+        closed = {
+            receipt.body.get("contract_id")
+            for receipt in receipts
+            if receipt.op == "refund" or (receipt.op == "release" and receipt.body.get("final"))
+        }
+        return {
+            str(receipt.body["contract_id"]): str(receipt.body["job_id"])
+            for receipt in receipts
+            if receipt.op == "lock"
+            and receipt.did == self.verifier.did
+            and receipt.body["contract_id"] not in closed
+        }
+
     def settle_outcome(
         self, contracts: Sequence[Mapping[str, Any]], outcome: Outcome
     ) -> list[Receipt]:
         """Pay or refund every contract of a job judged final; nothing before that.
 
-        A completed, verified job pays each of its results; otherwise, and for a contract
+        A completed, verified job pays each of its results except those the verification
+        policy proved wrong (``outcome.lost``); otherwise, and for a lost contract or one
         with no result among the outcome's, the escrow is refunded. A refusal is logged and
         the other contracts still settle.
         """
         if not outcome.final:
             return []
         pays = outcome.status == "completed" and outcome.verified
-        results = {document["body"]["contract_id"]: document for document in outcome.results}
+        lost = set(outcome.lost)
+        results = {
+            document["body"]["contract_id"]: document
+            for document in outcome.results
+            if document["body"]["contract_id"] not in lost
+        }
         receipts: list[Receipt] = []
         for terms in map(_terms_of, contracts):
             document = results.get(terms.contract_id)

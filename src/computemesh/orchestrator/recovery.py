@@ -8,12 +8,16 @@ run when a consumer session starts, takes each one up where it stopped:
 - ``running``: results fetched from the providers (read-only, by contract id), then awaited;
   results are keyed by contract id, so none is accepted twice.
 
+Then it settles the escrows the dead process left open on jobs now final
+(``settle_leftover_escrows``), so that none stays locked and none is paid twice.
+
 An allocation whose provider lost it is placed elsewhere (``relocate``), without that
 provider and without the job's other providers, at most ``max_relocations`` times per job:
 
 - the provider was declared dead by the failure detector (``on_node_dead``, wired to the
-  mesh view: no heartbeat for ``dead_after_s``): every running job holding a contract of
-  that provider without its result moves;
+  mesh view: no heartbeat for ``dead_after_s``) and does not answer a ping within
+  ``confirm_dead_s`` (a late heartbeat alone moves nothing): every running job holding a
+  contract of that provider without its result moves;
 - the provider restarted: its signed result is a failure whose reason starts with
   ``interrupted:`` (``node.provider.INTERRUPTED_REASON``), which is not accepted as the
   job's outcome;
@@ -36,13 +40,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from computemesh.actor.behaviours import PING
 from computemesh.identity.did import abbreviate_did
 from computemesh.models.errors import MeshError, NoProviderError
 from computemesh.models.market import ContractTerms
 from computemesh.models.validation import parse_job_spec
+from computemesh.orchestrator.outcome import Outcome
 from computemesh.protocol import verify_result
 from computemesh.settlement import SettlementError
-from computemesh.store import JobRecord
+from computemesh.store import JobRecord, UnknownJob
 
 if TYPE_CHECKING:
     from computemesh.orchestrator.orchestrator import Orchestrator
@@ -60,6 +66,7 @@ class RecoverySettings:
     unreachable_after_s: float = 10.0
     concurrency: int = 8
     outcome_grace_s: float = 30.0
+    confirm_dead_s: float = 1.0
 
 
 @dataclass
@@ -69,6 +76,8 @@ class RecoveryReport:
     placed: list[str] = field(default_factory=list)
     awaited: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
+    """Contract ids of escrows left open by a killed session, settled by this pass."""
 
 
 class Recovery:
@@ -118,6 +127,7 @@ class Recovery:
         report.unfinished = [
             job.job_id for job in (*placing, *awaiting) if not jobs.get(job.job_id).is_final
         ]
+        report.settled = self.settle_leftover_escrows()
         return report
 
     @staticmethod
@@ -152,6 +162,57 @@ class Recovery:
                 break
         return record
 
+    # Settling leftovers -------------------------------------------------------------------
+
+    def settle_leftover_escrows(self) -> list[str]:
+        """Close the escrows a killed session left open on jobs now final; their contract ids.
+
+        A session killed between locking an escrow and storing its contract, between
+        dropping a contract and refunding it, or between recording a job's outcome and
+        settling it leaves an escrow nobody would close. Once its job is final, a contract
+        the job holds settles as the stored outcome says (a release is keyed by result id,
+        so it pays at most once) and any other is refunded. Escrows of jobs not final are
+        left alone: a session may still be placing them.
+        """
+        payments = self.orchestrator.payments
+        if payments is None:
+            return []
+        settled = []
+        for contract_id, job_id in payments.open_escrows().items():
+            try:
+                record = self.orchestrator.jobs.get(job_id)
+            except UnknownJob:
+                continue  # locked by another store's session of this identity
+            if not record.is_final:
+                continue
+            held = [c for c in record.contracts if c["terms"]["contract_id"] == contract_id]
+            try:
+                closed = (
+                    bool(payments.settle_outcome(held, self._stored_outcome(record)))
+                    if held
+                    else payments.refund(contract_id) is not None
+                )
+            except SettlementError as exc:
+                log.error("contract %s: left open: %s", contract_id, exc.message)
+                continue
+            if closed:
+                settled.append(contract_id)
+        if settled:
+            log.warning("settled %d escrow(s) a previous session left open", len(settled))
+        return settled
+
+    def _stored_outcome(self, record: JobRecord) -> Outcome:
+        """A final job's outcome as stored: its results, verdict and proven frauds."""
+        frauds = self.orchestrator.jobs.fraud.for_job(record.job_id)
+        return Outcome(
+            results=record.results,
+            final=True,
+            status=record.status,
+            verified=bool(record.verified),
+            reason=record.reason,
+            lost=[str(finding["contract_id"]) for finding in frauds],
+        )
+
     # Relocating ---------------------------------------------------------------------------
 
     def on_node_dead(self, did: str) -> None:
@@ -168,6 +229,9 @@ class Recovery:
             for record in self.orchestrator.jobs.in_states(AWAIT_AGAIN)
             if _unfinished_on(record, did)
         ]
+        if lost and await self._answers_ping(did):
+            log.info("%s was silent but answers: nothing moved", abbreviate_did(did))
+            return []
         if lost:
             log.warning("%s is dead: relocating %d job(s)", abbreviate_did(did), len(lost))
         reason = "declared dead: no heartbeat"
@@ -181,6 +245,15 @@ class Recovery:
             if isinstance(moved, Exception):
                 log.error("job %s could not be relocated: %s", job_id, moved)
         return lost
+
+    async def _answers_ping(self, did: str) -> bool:
+        payload = {"sent_ms": int(time.time() * 1000)}
+        actor = self.orchestrator.actor
+        try:
+            await actor.request(did, PING, payload, timeout=self.settings.confirm_dead_s)
+        except MeshError:
+            return False
+        return True
 
     async def on_fetched(self, job_id: str, terms: ContractTerms, document: object) -> bool:
         """A result fetched for ``terms``: True when recovery took it over (the caller must
@@ -234,7 +307,7 @@ class Recovery:
                         self._superseded(job_id, terms, reason)
                     self._unreachable_since.pop(terms["contract_id"], None)
             record = jobs.get(job_id)
-            missing = parse_job_spec(record.spec).replicas - len(record.contracts)
+            missing = self.orchestrator.missing_replicas(record)
             if record.is_final or missing <= 0:
                 return []
             if self.relocations.get(job_id, 0) >= self.settings.max_relocations:

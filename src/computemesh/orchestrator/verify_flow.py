@@ -15,11 +15,13 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from computemesh.identity import Identity
 from computemesh.identity.did import abbreviate_did
-from computemesh.models.errors import NoProviderError, SpecError
+from computemesh.identity.keystore import resolve_home
+from computemesh.models.errors import NoProviderError
 from computemesh.models.job import JobSpec, VerificationSpec
 from computemesh.models.market import JobResult
 from computemesh.models.validation import parse_job_spec
@@ -41,6 +43,8 @@ from computemesh.verification import (
     seeded_draw,
     slash_through_ledger,
 )
+from computemesh.verification.policy import ProofCheck
+from computemesh.verification.zk import ZkKeys, check_result_proof, without_proof, zk_job_of
 
 if TYPE_CHECKING:
     from computemesh.orchestrator.orchestrator import Orchestrator
@@ -83,6 +87,7 @@ class VerificationFlow:
         settings: VerificationSettings | None = None,
         on_fraud: FraudSink | None = None,
         stake_of: Callable[[str], int | None] | None = None,
+        zk_dir: Path | None = None,
     ) -> None:
         self.judge = judge
         self.reputation = reputation
@@ -92,22 +97,45 @@ class VerificationFlow:
         self.stake_of = stake_of
         self._seed = self.settings.seed or secrets.token_hex(16)
         self._expected: dict[str, int] = {}
+        self.zk_dir = zk_dir
+        """Circuits and verification keys of zk jobs; default ``<home>/zk``."""
+        self.on_reputation: list[Callable[[str], None]] = []
+        """Callbacks called with each provider DID whose reputation a verdict changed."""
 
     def rules_for(self, spec: JobSpec) -> VerificationSpec:
         """The job's rules; ``SpecError`` for a policy this network cannot apply."""
         rules = spec.verification or self.settings.default
         if "zk" in rules.policies:
-            raise SpecError(
-                "the zk policy is not available: this orchestrator cannot verify proofs yet",
-                hint="use redundant, adaptive or audit",
-            )
+            self._prepare_zk(spec)
         return rules
+
+    def _zk_keys(self) -> ZkKeys:
+        return ZkKeys(self.zk_dir or resolve_home() / "zk")
+
+    def _prepare_zk(self, spec: JobSpec) -> None:
+        """The job's circuit and verification key, made once per model (``verification.zk``);
+        ``SpecError`` when ezkl is missing or the model is too large to prove."""
+        keys = self._zk_keys()
+        keys.setup(keys.circuit(zk_job_of(spec)), proving=False)
+
+    def _proof_checks(
+        self, spec: JobSpec, rules: VerificationSpec, results: list[JobResult]
+    ) -> list[ProofCheck] | None:
+        if "zk" not in rules.policies:
+            return None
+        keys = self._zk_keys()
+        return [check_result_proof(keys, spec, result) for result in results]
 
     def initial_replicas(self, spec: JobSpec) -> int:
         rules = self.rules_for(spec)
         if rules.policies == {"none"}:
             return spec.replicas
         return initial_replicas(rules, spec.replicas)
+
+    def replicas_for(self, job_id: str, spec: JobSpec) -> int:
+        """The replicas the job needs placed: its initial ones, or more once a verdict
+        asked for more (``expect``)."""
+        return max(self.initial_replicas(spec), self._expected.get(job_id, 0))
 
     def excluded(self) -> set[str]:
         """Providers caught in a fraud: never placed again."""
@@ -127,18 +155,19 @@ class VerificationFlow:
             return outcome
         if record.is_final:
             return _as_judged(record, outcome)
-        expected = max(self.initial_replicas(spec), self._expected.get(record.job_id, 0))
-        if len(outcome.results) < expected:
+        if len(outcome.results) < self.replicas_for(record.job_id, spec):
             return replace(outcome, final=False, status="running", verified=False, reason="")
         results = [JobResult.model_validate(document["body"]) for document in outcome.results]
+        proofs = self._proof_checks(spec, rules, results)
         verdict = decide(
             rules,
-            [answer_of(result) for result in results],
+            [answer_of(without_proof(result) if proofs else result) for result in results],
             initial=initial_replicas(rules, spec.replicas),
             executor=spec.executor,
             standing=lambda did: self._standing(did, spec.executor),
             draw=seeded_draw(self._seed, record.job_id),
             tuning=self.settings.tuning,
+            proofs=proofs,
         )
         log.info("job %s: %s (%s)", record.job_id, verdict.decision, verdict.reason)
         if verdict.decision == "replicate":
@@ -175,6 +204,9 @@ class VerificationFlow:
     ) -> None:
         providers = [result.provider for result in results]
         learn_from_verdict(self.reputation, verdict, providers, executor)
+        for did in dict.fromkeys(providers):
+            for callback in self.on_reputation:
+                callback(did)
         winning = [documents[index] for index in verdict.winners]
         for index in verdict.losers:
             finding = judge_fraud(
@@ -227,10 +259,20 @@ def _final_outcome(outcome: Outcome, results: list[JobResult], verdict: Verdict)
 
 
 def consumer_verification(
-    jobs: JobRepository, judge: Identity, ledger: Ledger | None = None
+    jobs: JobRepository,
+    judge: Identity,
+    ledger: Ledger | None = None,
+    *,
+    settings: VerificationSettings | None = None,
 ) -> VerificationFlow:
-    """Verification over the consumer's store; frauds slash through ``ledger`` when given."""
-    settings = VerificationSettings()
+    """Verification over the consumer's store, under ``settings`` (the network's default
+    policy and seed).
+
+    With ``ledger``, each proven fraud slashes the provider's stake through it, signed by
+    ``judge``: the ledger takes it only when ``judge`` is one of its arbiters (see
+    ``app.ledger``), and logs the refusal otherwise.
+    """
+    settings = settings or VerificationSettings()
     return VerificationFlow(
         judge=judge,
         reputation=ReputationBook(jobs.reputation),

@@ -111,25 +111,31 @@ def check_fraud_finding(finding: FraudFinding) -> dict[str, Any]:
 
 
 def slash_through_ledger(ledger: Ledger, arbiter: Identity, *, amount: int) -> FraudSink:
-    """A sink that records the fraud in settlement and slashes ``amount`` of stake.
+    """A sink that records the fraud in settlement and slashes up to ``amount`` of stake.
 
-    ``ledger``'s arbiters must include ``arbiter``. A slash the
-    ledger refuses (no stake, say) is logged; the finding stays stored and the provider
-    stays excluded.
+    ``ledger``'s arbiters must include ``arbiter``. A provider with less stake loses what it
+    has; one with none is only logged. A slash the ledger refuses (``arbiter`` is not one of
+    its arbiters, say) is logged; the finding stays stored and the provider stays excluded.
     """
 
     def sink(finding: FraudFinding) -> None:
-        record = record_fraud(
-            arbiter,
-            fraud_id=f"fraud:{finding.job_id}:{finding.contract_id}",
-            provider=finding.provider,
-            contract_id=finding.contract_id,
-            evidence=list(finding.evidence),
-            amount=amount,
-        )
         try:
-            ledger.slash(record)
+            staked = ledger.balance(finding.provider).staked
+            if staked <= 0:
+                log.info("%s has no stake to slash", finding.provider)
+                return
+            record = record_fraud(
+                arbiter,
+                fraud_id=f"fraud:{finding.job_id}:{finding.contract_id}",
+                provider=finding.provider,
+                contract_id=finding.contract_id,
+                evidence=list(finding.evidence),
+                amount=min(amount, staked),
+            )
+            receipt = ledger.slash(record)
         except MeshError as exc:
             log.warning("could not slash %s: %s", finding.provider, exc)
+            return
+        log.warning("%s slashed %d units of stake", finding.provider, receipt.amount)
 
     return sink

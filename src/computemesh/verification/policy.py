@@ -10,6 +10,9 @@ and the simulation (``bench/verification.py``) all run this one function.
   never checked with this executor, rarer as its verified record grows.
 - ``audit``: re-execute on another provider with probability ``audit_rate`` (the job's, else
   ``audit_floor`` up to ``audit_ceiling`` as reputation falls, lowered by stake).
+- ``zk``: only answers whose proof of the inference checked take part (``ProofCheck``); an
+  answer whose proof is refuted loses (fraud), one without a usable proof is left out like
+  an answer that never ran. A proven answer counts as checked.
 - On disagreement: more replicas until one group holds a quorum (at least two, and more
   than any other group), at most ``n`` answers in all; the other answers lose.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from computemesh.models.job import VerificationSpec
@@ -28,6 +31,21 @@ Draw = Callable[[str], float]
 """A uniform number in [0, 1) for a named decision about one job."""
 
 Decision = Literal["accept", "replicate", "fail"]
+
+ProofStanding = Literal["proven", "refuted", "unproven"]
+
+
+@dataclass(frozen=True)
+class ProofCheck:
+    """What checking one answer's zk proof showed.
+
+    ``proven``: the proof verifies and binds the answer's inputs and outputs; ``refuted``: a
+    proof was sent and does not (fraud); ``unproven``: no proof that could be checked (none
+    sent, made for another circuit or reference string): not evidence of fraud.
+    """
+
+    standing: ProofStanding
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,9 +130,17 @@ def decide(
     standing: Callable[[str], Standing],
     draw: Draw,
     tuning: PolicyTuning | None = None,
+    proofs: Sequence[ProofCheck] | None = None,
 ) -> Verdict:
-    """The verdict on a job whose placed replicas have all answered (see the module doc)."""
+    """The verdict on a job whose placed replicas have all answered (see the module doc).
+
+    ``proofs`` (one per answer) is required when the rules include ``zk``.
+    """
     tuning = tuning or PolicyTuning()
+    if "zk" in rules.policies:
+        if proofs is None or len(proofs) != len(answers):
+            raise ValueError("the zk policy needs one proof check per answer")
+        return _decide_proven(rules, answers, proofs, initial, executor, standing, draw, tuning)
     complete = [index for index, answer in enumerate(answers) if answer.complete]
     missing = tuple(index for index, answer in enumerate(answers) if not answer.complete)
     if not complete:
@@ -126,6 +152,49 @@ def decide(
     if len(groups) == 1:
         return _agreed(rules, answers, groups[0], missing, initial, standing, draw, tuning)
     return _disputed(rules, len(answers), groups, missing)
+
+
+def _decide_proven(
+    rules: VerificationSpec,
+    answers: Sequence[Answer],
+    proofs: Sequence[ProofCheck],
+    initial: int,
+    executor: str,
+    standing: Callable[[str], Standing],
+    draw: Draw,
+    tuning: PolicyTuning,
+) -> Verdict:
+    """``decide`` over the proven answers alone, refuted ones losing, indices mapped back."""
+    kept = [index for index, check in enumerate(proofs) if check.standing == "proven"]
+    refuted = tuple(index for index, check in enumerate(proofs) if check.standing == "refuted")
+    unproven = tuple(
+        index for index in range(len(answers)) if index not in kept and index not in refuted
+    )
+    others = "+".join(sorted(rules.policies - {"zk"})) or "none"
+    inner = decide(
+        rules.model_copy(update={"policy": others}),
+        [answers[index] for index in kept],
+        initial=initial,
+        executor=executor,
+        standing=standing,
+        draw=draw,
+        tuning=tuning,
+    )
+    why = "; ".join(f"answer {index + 1}: {proofs[index].reason}" for index in refuted)
+    verdict = replace(
+        inner,
+        reason=f"zk proof refuted ({why})" if refuted else inner.reason,
+        winners=tuple(kept[index] for index in inner.winners),
+        losers=tuple(sorted((*refuted, *(kept[index] for index in inner.losers)))),
+        missing=tuple(sorted((*unproven, *(kept[index] for index in inner.missing)))),
+        checked=inner.decision == "accept" and bool(inner.winners),
+    )
+    if verdict.decision == "replicate" or (verdict.decision == "accept" and not verdict.winners):
+        room = rules.n - len(answers)
+        if room <= 0:
+            return replace(verdict, decision="fail", reason=f"no proven answer: {verdict.reason}")
+        return replace(verdict, decision="replicate", extra=min(max(1, inner.extra), room))
+    return verdict
 
 
 def _agreed(
