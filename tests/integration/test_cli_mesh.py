@@ -74,8 +74,10 @@ def test_up_status_submit_result_down(tmp_path: Path) -> None:
         assert refused.returncode == 1
         error = json.loads(refused.stdout)["error"]
         assert error["code"] == "no_provider"
-        assert len(error["reasons"]) == 2
-        assert all("cpu: needs 512, node has" in reason for reason in error["reasons"])
+        per_node = [line for line in error["reasons"] if not line.startswith("index: ")]
+        assert len(per_node) == 2
+        assert all("cpu: needs 512, node has" in reason for reason in per_node)
+        assert any(line.startswith("index: cpu removes 2 of 2") for line in error["reasons"])
 
         jobs = as_json(cmesh(tmp_path, "jobs", "--json"))
         assert {job["status"] for job in jobs} == {"completed", "no_provider"}
