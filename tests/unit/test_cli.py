@@ -114,5 +114,10 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         "jobs",
         "result",
         "demo",
+        "cancel",
+        "logs",
+        "verify",
+        "wallet",
+        "ledger",
     ):
         assert command in out

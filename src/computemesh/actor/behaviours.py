@@ -23,6 +23,8 @@ COMMIT = "/mesh/deployment/commit"
 # Allocations: results pushed by the provider, or fetched by the consumer.
 RESULT = "/mesh/allocation/result"
 RESULT_FETCH = "/mesh/allocation/result_fetch"
+CANCEL = "/mesh/allocation/cancel"
+"""Request: ``{"contract_id"}`` from the contract's consumer; the node stops the run."""
 
 # Allocations while they run: signed checkpoints and live output pushed to the consumer;
 # a node resuming a job fetches its checkpoint from the consumer.
@@ -45,6 +47,7 @@ ALL = frozenset(
         COMMIT,
         RESULT,
         RESULT_FETCH,
+        CANCEL,
         CHECKPOINT,
         CHECKPOINT_FETCH,
         LOG,

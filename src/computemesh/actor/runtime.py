@@ -39,9 +39,10 @@ ACTOR_SUBJECT_PREFIX = "mesh.actor."
 TOPIC_SUBJECT_PREFIX = "mesh.topic."
 DEFAULT_MAX_IN_FLIGHT = 256
 
-IDEMPOTENT_REQUESTS = frozenset({behaviours.COMMIT, behaviours.RESULT_FETCH})
+IDEMPOTENT_REQUESTS = frozenset({behaviours.COMMIT, behaviours.RESULT_FETCH, behaviours.CANCEL})
 """Requests safe to send again: a commit names its contract id, and a provider that already
-holds that contract answers with it instead of taking a second one; a result fetch reads."""
+holds that contract answers with it instead of taking a second one; a result fetch reads; a
+cancel of an allocation already stopped answers with its state."""
 RETRYABLE_TRANSPORT_CODES = frozenset({"no_responders", "disconnected"})
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import fcntl
+import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 
 from computemesh.actor import Actor
 from computemesh.app.home import MeshHome
 from computemesh.app.ledger import consumer_ledger
 from computemesh.identity import load_or_create_identity
+from computemesh.models.errors import MeshError
+from computemesh.models.job import REGION_PATTERN
 from computemesh.orchestrator import Orchestrator, OrchestratorSettings
 from computemesh.orchestrator.verify_flow import VerificationSettings, consumer_verification
 from computemesh.settlement import SqliteLedger
@@ -17,6 +22,32 @@ from computemesh.store import JobRepository, open_database, sqlite_url
 from computemesh.transport import NatsTransport
 
 RECOVERY_LOCK = "consumer.lock"
+ENV_REGION = "CMESH_REGION"
+
+
+def consumer_region(home: MeshHome, explicit: str | None = None) -> str | None:
+    """Where this consumer is: ``explicit`` (``--region``), else ``$CMESH_REGION``, else the
+    region of the home's local mesh's first node; None when none is known.
+
+    With a region the orchestrator measures its round trips to the candidates it asks
+    (``OrchestratorSettings.region``). Raises MeshError (``bad_region``) for a bad name.
+    """
+    region = explicit or os.environ.get(ENV_REGION) or _local_mesh_region(home)
+    if region is not None and not re.fullmatch(REGION_PATTERN, region):
+        raise MeshError(
+            f"{region!r} is not a region name",
+            code="bad_region",
+            hint="lowercase letters, digits and dashes, e.g. eu-west",
+        )
+    return region
+
+
+def _local_mesh_region(home: MeshHome) -> str | None:
+    state = home.read_state() or {}
+    nodes = state.get("nodes")
+    first = nodes[0] if isinstance(nodes, list) and nodes else None
+    region = first.get("region") if isinstance(first, dict) else None
+    return region if isinstance(region, str) else None
 
 
 @contextmanager
@@ -49,6 +80,7 @@ async def consumer_session(
     settings: OrchestratorSettings | None = None,
     verification: VerificationSettings | None = None,
     resume: bool = True,
+    region: str | None = None,
 ) -> AsyncIterator[Orchestrator]:
     """A started orchestrator on the mesh at ``nats_url``; stopped and disconnected on exit.
 
@@ -59,7 +91,13 @@ async def consumer_session(
     seed of its draws. With a ledger in the home (``app.ledger``), every contract is paid
     through it, and a proven fraud slashes the provider's stake when this home's identity
     is one of the ledger's arbiters (it is on a local mesh).
+
+    The consumer's region is ``settings.region`` when set, else ``consumer_region(home,
+    region)``.
     """
+    settings = settings or OrchestratorSettings()
+    if settings.region is None:
+        settings = replace(settings, region=consumer_region(home, region))
     jobs = open_jobs(home)
     identity = load_or_create_identity(home.root)
     ledger = consumer_ledger(home, identity)

@@ -1,4 +1,4 @@
-"""`cmesh submit`, `jobs`, `result` and `schema`."""
+"""`cmesh submit`, `jobs`, `result`, `cancel` and `schema`."""
 
 from __future__ import annotations
 
@@ -24,10 +24,17 @@ from computemesh.orchestrator.ensembles import (
     is_ensemble_document,
     load_ensemble_spec,
 )
+from computemesh.orchestrator.orchestrator import Cancellation
 from computemesh.orchestrator.specfile import load_job_spec, read_spec_data
 from computemesh.store import JobRecord, JobRepository
 
 NatsOption = typer.Option(None, "--nats", help="NATS URL of the mesh (default: the local mesh).")
+RegionOption = typer.Option(
+    None,
+    "--region",
+    help="This consumer's region, for round trips to providers "
+    "(default: $CMESH_REGION, else the local mesh's first region).",
+)
 
 
 def job_view(record: JobRecord, queue_position: int | None = None) -> dict[str, Any]:
@@ -55,7 +62,7 @@ def print_history(record: JobRecord) -> None:
     for entry in record.history:
         when = time.strftime("%H:%M:%S", time.localtime(entry["at"]))
         detail = ", ".join(
-            f"{key} {short(value) if key in ('provider', 'from') else value}"
+            f"{key} {short(value) if key in ('provider', 'from', 'to') else value}"
             for key, value in entry["detail"].items()
             if value not in (None, "")
         )
@@ -106,9 +113,11 @@ async def _follow_queue(orchestrator: Orchestrator, job_id: str) -> None:
         await asyncio.sleep(1.0)
 
 
-async def _submit(home: MeshHome, url: str, spec_path: Path, wait: bool) -> JobRecord:
+async def _submit(
+    home: MeshHome, url: str, spec_path: Path, wait: bool, region: str | None
+) -> JobRecord:
     spec = load_job_spec(spec_path)
-    async with consumer_session(home, url) as orchestrator:
+    async with consumer_session(home, url, region=region) as orchestrator:
         await orchestrator.discover(window_s=0.3)
         job_id = orchestrator.submit(spec)
         err_console.print(f"job {job_id} submitted; collecting bids ...")
@@ -120,9 +129,11 @@ async def _submit(home: MeshHome, url: str, spec_path: Path, wait: bool) -> JobR
         return orchestrator.jobs.get(job_id)
 
 
-async def _submit_ensemble(home: MeshHome, url: str, spec_path: Path) -> EnsembleOutcome:
+async def _submit_ensemble(
+    home: MeshHome, url: str, spec_path: Path, region: str | None
+) -> EnsembleOutcome:
     ensemble = load_ensemble_spec(read_spec_data(spec_path), spec_path.parent)
-    async with consumer_session(home, url) as orchestrator:
+    async with consumer_session(home, url, region=region) as orchestrator:
         await orchestrator.discover(window_s=0.5)
         err_console.print(
             f"ensemble {ensemble.name}: placing {len(ensemble.allocations)} allocation(s) ..."
@@ -141,8 +152,10 @@ def print_ensemble(outcome: EnsembleOutcome) -> None:
         )
 
 
-def submit_ensemble(home: MeshHome, url: str, spec: Path, as_json: bool) -> None:
-    outcome = asyncio.run(_submit_ensemble(home, url, spec))
+def submit_ensemble(
+    home: MeshHome, url: str, spec: Path, as_json: bool, region: str | None
+) -> None:
+    outcome = asyncio.run(_submit_ensemble(home, url, spec, region))
     if as_json:
         emit_json(outcome.to_dict())
     else:
@@ -156,6 +169,7 @@ def submit(
     spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Job spec (YAML/JSON)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the verified result."),
     nats: str | None = NatsOption,
+    region: str | None = RegionOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Submit a job (or an ensemble: a file with `allocations`) and run it on the best provider(s).
@@ -165,9 +179,9 @@ def submit(
     with reported_errors(as_json=as_json):
         home = home_of(ctx)
         if is_ensemble_document(read_spec_data(spec)):
-            submit_ensemble(home, home.nats_url(nats), spec, as_json)
+            submit_ensemble(home, home.nats_url(nats), spec, as_json, region)
             return
-        record = asyncio.run(_submit(home, home.nats_url(nats), spec, wait))
+        record = asyncio.run(_submit(home, home.nats_url(nats), spec, wait, region))
         position = open_jobs(home).queue.position(record.job_id)
         if as_json:
             emit_json(job_view(record, position))
@@ -210,8 +224,8 @@ def queue_positions(store: JobRepository) -> dict[str, int]:
     return {entry.job_id: place for place, entry in enumerate(store.queue.ordered(), start=1)}
 
 
-async def _fetch(home: MeshHome, url: str, job_id: str) -> JobRecord:
-    async with consumer_session(home, url) as orchestrator:
+async def _fetch(home: MeshHome, url: str, job_id: str, region: str | None) -> JobRecord:
+    async with consumer_session(home, url, region=region) as orchestrator:
         return await orchestrator.fetch_results(job_id)
 
 
@@ -219,6 +233,7 @@ def result(
     ctx: typer.Context,
     job_id: str = typer.Argument(..., help="Job id (or a unique prefix)."),
     nats: str | None = NatsOption,
+    region: str | None = RegionOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show a job's verified result, fetching it from its provider if not here yet."""
@@ -226,7 +241,7 @@ def result(
         home = home_of(ctx)
         record = open_jobs(home).find(job_id)
         if not record.is_final and record.contracts:
-            record = asyncio.run(_fetch(home, home.nats_url(nats), record.job_id))
+            record = asyncio.run(_fetch(home, home.nats_url(nats), record.job_id, region))
         if as_json:
             emit_json(job_view(record))
         else:
@@ -234,9 +249,40 @@ def result(
             print_history(record)
 
 
-async def _match(home: MeshHome, url: str, spec_path: Path, limit: int, window: float) -> Any:
+async def _cancel(
+    home: MeshHome, url: str, job_id: str, region: str | None
+) -> tuple[JobRecord, list[Cancellation]]:
+    async with consumer_session(home, url, region=region) as orchestrator:
+        cancelled = await orchestrator.cancel(job_id)
+        return orchestrator.jobs.get(job_id), cancelled
+
+
+def cancel(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., help="Job id (or a unique prefix)."),
+    nats: str | None = NatsOption,
+    region: str | None = RegionOption,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Cancel a job: its providers stop it and its escrow is refunded."""
+    with reported_errors(as_json=as_json):
+        home = home_of(ctx)
+        found = open_jobs(home).find(job_id)
+        record, cancelled = asyncio.run(_cancel(home, home.nats_url(nats), found.job_id, region))
+        if as_json:
+            emit_json({**job_view(record), "cancelled": [item.to_dict() for item in cancelled]})
+            return
+        print_job(record)
+        for item in cancelled:
+            refunded = ", escrow refunded" if item.refunded else ""
+            console.print(f"  {short(item.provider)}: {item.state}{refunded}", highlight=False)
+
+
+async def _match(
+    home: MeshHome, url: str, spec_path: Path, limit: int, window: float, region: str | None
+) -> Any:
     spec = load_job_spec(spec_path)
-    async with consumer_session(home, url) as orchestrator:
+    async with consumer_session(home, url, region=region) as orchestrator:
         adverts = await orchestrator.discover(window_s=window)
     return dry_run(spec, adverts, limit=limit)
 
@@ -250,6 +296,7 @@ def match(
     limit: int = typer.Option(10, "--limit", min=1, max=1000, help="Candidates to show."),
     window: float = typer.Option(1.0, "--window", min=0.1, max=30, help="Seconds to listen."),
     nats: str | None = NatsOption,
+    region: str | None = RegionOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show the nodes that would take a job, ranked with score breakdowns, and why not."""
@@ -257,7 +304,7 @@ def match(
         if not dry_run_only:
             raise MeshError("`cmesh match` never deploys", hint="deploy with `cmesh submit`")
         home = home_of(ctx)
-        report = asyncio.run(_match(home, home.nats_url(nats), spec, limit, window))
+        report = asyncio.run(_match(home, home.nats_url(nats), spec, limit, window, region))
         if as_json:
             emit_json(report)
             return

@@ -327,6 +327,26 @@ class CheckpointSpec(_Strict):
     )
 
 
+class MigrationPolicy(_Strict):
+    """Whether a running job may move when a clearly better provider appears (off by default).
+
+    The consumer compares the job's provider with the best provider not on the job, by
+    their matching scores under the job's preferences. When the other scores at least
+    ``min_gain`` better (relative) and the job has not moved for ``min_interval_s``, the job
+    is placed there and the old allocation cancelled. A job with ``checkpoint`` resumes
+    from its latest verified checkpoint; any other restarts from the beginning, so enable
+    this only for jobs that may restart (stateless ones).
+    """
+
+    enabled: bool = False
+    min_gain: float = Field(
+        default=0.2, gt=0, le=100, description="Relative score gain a move needs: 0.2 is 20 %."
+    )
+    min_interval_s: float = Field(
+        default=30.0, ge=0, le=7 * 24 * 3600, description="Seconds since the job last moved."
+    )
+
+
 class JobSpec(_Strict):
     """A job as the consumer writes it (YAML or JSON)."""
 
@@ -415,6 +435,11 @@ class JobSpec(_Strict):
 
     checkpoint: CheckpointSpec | None = Field(
         default=None, description="Periodic snapshots of CMESH_CHECKPOINT_DIR; default: none."
+    )
+
+    migration: MigrationPolicy | None = Field(
+        default=None,
+        description="Moving to a clearly better provider while running; default: never.",
     )
 
     image: str | None = Field(

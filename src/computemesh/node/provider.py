@@ -33,6 +33,7 @@ from computemesh.models.market import (
     JobResult,
     OutputFile,
     ResourceUsage,
+    ResultStatus,
 )
 from computemesh.models.validation import parse_job_spec, parse_model
 from computemesh.node.capacity import CapacityLedger
@@ -83,6 +84,8 @@ class ProviderNode:
             hardware, memory_fraction=settings.memory_fraction
         )
         self._runs: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()
+        """Contract ids whose consumer cancelled the run: it ends with a signed result."""
         self._heartbeat_seq = 0
         self.faults = FaultInjector(parse_fault(settings.fault)) if settings.fault else None
         """Deliberate misbehaviour (``--fault``, tests only); None on an honest node."""
@@ -99,6 +102,7 @@ class ProviderNode:
             (behaviours.PING, self.latency.on_ping),
             (behaviours.COMMIT, self.on_commit),
             (behaviours.RESULT_FETCH, self.on_result_fetch),
+            (behaviours.CANCEL, self.on_cancel),
         ):
             actor.register(behavior, handler)
 
@@ -278,12 +282,18 @@ class ProviderNode:
         except Exception as exc:
             log.exception("allocation %s failed to run", terms.contract_id)
             result = self._failure(terms, f"internal error: {exc}")
+        except asyncio.CancelledError:
+            if terms.contract_id not in self._cancelled:
+                raise  # the node is stopping: the allocation is reconciled at restart
+            _absorb_cancellation()
+            result = self._failure(terms, CANCELLED_REASON, status="killed")
         finally:
             self.ledger.release(terms.contract_id)
         if self.faults is not None:
             result = await self.faults.tamper(result)
         await self._deliver(terms, result)
         self._runs.pop(terms.contract_id, None)
+        self._cancelled.discard(terms.contract_id)
 
     def _watchers(
         self, terms: ContractTerms, spec: JobSpec, executor: Executor
@@ -392,12 +402,14 @@ class ProviderNode:
             log.warning("no zk proof for job %s: %s", result.job_id, exc.message)
             return result.model_copy(update={"reason": f"no zk proof: {exc.message}"[:2048]})
 
-    def _failure(self, terms: ContractTerms, reason: str) -> JobResult:
+    def _failure(
+        self, terms: ContractTerms, reason: str, *, status: ResultStatus = "failed"
+    ) -> JobResult:
         return JobResult(
             contract_id=terms.contract_id,
             job_id=terms.job_id,
             provider=self.did,
-            status="failed",
+            status=status,
             reason=reason[:2048],
             exit_code=None,
             stdout="",
@@ -438,10 +450,44 @@ class ProviderNode:
             raise MeshError("no such allocation for you here", code="unknown_allocation")
         return _fetch_reply(record)
 
+    async def on_cancel(self, inbound: Inbound) -> dict[str, Any]:
+        """Stop an allocation at its consumer's request; reply its state as a fetch does.
+
+        The run is stopped (the executor kills it, capacity is freed) and ends with a
+        signed ``killed`` result, pushed as any result. Cancelling an allocation that
+        already finished changes nothing and answers its result.
+        """
+        contract_id = inbound.payload.get("contract_id")
+        record = self.allocations.get(contract_id) if isinstance(contract_id, str) else None
+        if record is None or record.consumer != inbound.sender:
+            raise MeshError("no such allocation for you here", code="unknown_allocation")
+        run = self._runs.get(record.contract_id)
+        if run is not None and record.status != "finished":
+            if record.contract_id not in self._cancelled:
+                self._cancelled.add(record.contract_id)
+                run.cancel()
+                log.info("allocation %s cancelled by its consumer", record.contract_id)
+            await asyncio.wait({run}, timeout=CANCEL_WAIT_S)
+        return _fetch_reply(self.allocations.get(record.contract_id) or record)
+
 
 INTERRUPTED_REASON = "interrupted: the node restarted during the run"
 """The reason signed into the result of an allocation a restart cut short; consumers
 recognise its ``interrupted:`` prefix and place the job elsewhere (orchestrator.recovery)."""
+
+
+CANCELLED_REASON = "cancelled by the consumer"
+
+CANCEL_WAIT_S = 3.0
+"""How long a cancel waits for the stopped run to sign its result before replying."""
+
+
+def _absorb_cancellation() -> None:
+    """Let the current task go on after the cancellation it caught (a cancelled run still
+    signs and delivers its result)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _fetch_reply(record: AllocationRecord) -> dict[str, Any]:

@@ -4,8 +4,9 @@
 bounds, same-region and spread rules). Every allocation is stored as a job of its own,
 then each chosen node is asked for a bid (it re-checks and signs, as for any job); only
 when every node bid are the contracts signed. If a node refuses, or a contract fails,
-the allocations already contracted are released: their promised capacity is returned and
-their jobs end ``failed`` with the reason. Then every result is awaited.
+every allocation's job ends ``failed`` with the reason and the allocations already
+contracted are cancelled on their nodes (``Orchestrator.cancel_allocation``: the run
+stopped, promised capacity returned, escrow refunded). Then every result is awaited.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ async def deploy_ensemble(
         bids = await _collect_all_bids(orchestrator, outcome)
         await _contract_all(orchestrator, outcome, bids)
     except MeshError as exc:
-        _release(orchestrator, outcome, exc.message)
+        await _release(orchestrator, outcome, exc.message)
         outcome.records = {name: orchestrator.jobs.get(job) for name, job in outcome.jobs.items()}
         return outcome
     finals = await asyncio.gather(
@@ -139,17 +140,22 @@ async def _contract_all(
             )
 
 
-def _release(orchestrator: Orchestrator, outcome: EnsembleOutcome, reason: str) -> None:
-    """End every allocation of a failed ensemble, returning what was promised."""
+async def _release(orchestrator: Orchestrator, outcome: EnsembleOutcome, reason: str) -> None:
+    """End every allocation of a failed ensemble and cancel those already countersigned.
+
+    Each job ends ``failed`` before its allocation is cancelled, so the ``killed`` result
+    the node signs changes nothing.
+    """
     outcome.status = "failed"
     outcome.reason = reason
+    contracted: list[dict[str, Any]] = []
     for name, job_id in outcome.jobs.items():
         record = orchestrator.jobs.get(job_id)
-        for contract in record.contracts:
-            orchestrator.view.release(contract["terms"]["contract_id"])
         if not record.is_final:
             orchestrator.jobs.set_status(job_id, "failed", f"ensemble not placed: {reason}")
+        contracted.extend(contract["terms"] for contract in record.contracts)
         log.warning("ensemble %s: allocation %s released: %s", outcome.ensemble, name, reason)
+    await asyncio.gather(*(orchestrator.cancel_allocation(terms) for terms in contracted))
 
 
 def is_ensemble_document(data: object) -> bool:

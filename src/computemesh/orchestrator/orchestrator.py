@@ -18,8 +18,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -45,6 +45,7 @@ from computemesh.orchestrator.ensembles import EnsembleOutcome, deploy_ensemble
 from computemesh.orchestrator.liveness import LivenessBounds, NodeState
 from computemesh.orchestrator.logs import LogDesk
 from computemesh.orchestrator.mesh_view import MeshView
+from computemesh.orchestrator.migration import Migration
 from computemesh.orchestrator.outcome import Outcome, judge_outcome
 from computemesh.orchestrator.payments import Payments, escrow_for_commit
 from computemesh.orchestrator.recovery import Recovery, RecoveryReport
@@ -54,7 +55,7 @@ from computemesh.orchestrator.verify_flow import (
     place_more_replicas,
 )
 from computemesh.protocol import propose_contract, spec_digest, verify_contract
-from computemesh.settlement import Ledger
+from computemesh.settlement import Ledger, SettlementError
 from computemesh.store import JobRecord, JobRepository
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,38 @@ class OrchestratorSettings:
     """The consumer's region: the round trips it measures to candidates (pinged once when
     unknown, fresh for ``rtt_ttl_s``) count as their latency to it (``mesh_view``)."""
     rtt_ttl_s: float = 300.0
+    migration_check_s: float = 30.0
+    """Running jobs whose spec allows migration are compared with the index's best
+    candidates when a node joins it, and at least this often (``migration``)."""
 
     def liveness_bounds(self) -> LivenessBounds:
         return LivenessBounds(suspect_after_s=self.suspect_after_s, dead_after_s=self.dead_after_s)
+
+
+CANCELLED_BY_CONSUMER = "cancelled by the consumer"
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What cancelling one allocation did."""
+
+    contract_id: str
+    provider: str
+    state: str
+    """What its node answered: the result's status once it ended (``killed`` when the
+    cancel stopped it), else the allocation's; or why the node could not be asked (an
+    error code: ``unknown_allocation``, ``timeout``, ``no_responders``)."""
+    refunded: bool
+    """Whether its escrow stands refunded (a refund made before is replayed, moving
+    nothing); False without payments, or when a final release closed it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "contract_id": self.contract_id,
+            "provider": self.provider,
+            "state": self.state,
+            "refunded": self.refunded,
+        }
 
 
 TRANSIENT_MARKS = ("free now", "capacity was taken", "no provider answered", "did not answer")
@@ -135,6 +165,9 @@ class Orchestrator:
         )
         self.verification.on_reputation.append(self.view.reputation_changed)
         self._probes: set[asyncio.Task[None]] = set()
+        self._cancels: set[asyncio.Task[Cancellation]] = set()
+        self.migration = Migration(self)
+        self._node_joined = asyncio.Event()
         self.on_node_dead = self.view.on_node_dead
         """Callbacks called with the DID of each node declared dead."""
         self._collections: dict[str, BidCollection] = {}
@@ -168,13 +201,14 @@ class Orchestrator:
         self._loops = [
             asyncio.create_task(self._sweep_loop()),
             asyncio.create_task(self._queue_loop()),
+            asyncio.create_task(self._migration_loop()),
         ]
 
     async def stop(self) -> None:
         await self._stop_loops()
-        for probe in self._probes:
-            probe.cancel()
-        await asyncio.gather(*self._probes, return_exceptions=True)
+        for task in (*self._probes, *self._cancels):
+            task.cancel()
+        await asyncio.gather(*self._probes, *self._cancels, return_exceptions=True)
         placements = list(self._more_replicas.values())
         for placement in placements:
             placement.cancel()
@@ -220,7 +254,10 @@ class Orchestrator:
 
     async def on_advertisement(self, inbound: Inbound) -> None:
         advert = parse_model(Advertisement, inbound.payload, what="advertisement")
+        joined = inbound.sender not in self.view.index
         self.view.advertised(inbound.sender, advert, time.monotonic())
+        if joined and inbound.sender in self.view.index:
+            self._node_joined.set()
         if self._discovery is not None:
             self._discovery[inbound.sender] = advert
 
@@ -368,6 +405,15 @@ class Orchestrator:
             except Exception:
                 log.exception("placing queued jobs failed; retrying later")
 
+    async def _migration_loop(self) -> None:
+        while True:
+            await wait_event(self._node_joined, self.settings.migration_check_s)
+            self._node_joined.clear()
+            try:
+                await self.migration.check()
+            except Exception:
+                log.exception("looking for better providers failed; retrying later")
+
     async def _place_once(
         self, job_id: str, spec: JobSpec, exclude: frozenset[str], wanted: int
     ) -> list[dict[str, Any]]:
@@ -395,14 +441,27 @@ class Orchestrator:
         """
         spec = parse_job_spec(self.jobs.get(job_id).spec)
         self.jobs.set_status(job_id, "bidding")
-        collection = await self._ask(job_id, spec, [provider], 1, broadcast=False)
-        fitting, rejected = self._screen_bids(spec, collection.bids)
-        for bidder, bid in fitting:
-            if bidder == provider:
-                return bid
+        bid, collection, rejected = await self._sole_bid(job_id, spec, provider)
+        if bid is not None:
+            return bid
         error = self._no_provider(spec, collection, rejected, 0)
         self.jobs.set_status(job_id, "no_provider", "\n".join(error.reasons))
         raise error
+
+    async def quote(self, job_id: str, provider: str) -> Bid | None:
+        """``provider``'s bid on the job if it bids and the bid fits, else None; unlike
+        ``bid_from``, the job's status is left as it is (it may be running)."""
+        spec = parse_job_spec(self.jobs.get(job_id).spec)
+        bid, _, _ = await self._sole_bid(job_id, spec, provider)
+        return bid
+
+    async def _sole_bid(
+        self, job_id: str, spec: JobSpec, provider: str
+    ) -> tuple[Bid | None, BidCollection, list[str]]:
+        collection = await self._ask(job_id, spec, [provider], 1, broadcast=False)
+        fitting, rejected = self._screen_bids(spec, collection.bids)
+        bid = next((bid for bidder, bid in fitting if bidder == provider), None)
+        return bid, collection, rejected
 
     async def contract_bid(self, job_id: str, provider: str, bid: Bid) -> dict[str, Any]:
         """Contract the job with ``provider`` on its ``bid``; its capacity is promised."""
@@ -411,6 +470,8 @@ class Orchestrator:
         self.view.promise(
             contract["terms"]["contract_id"], provider, spec.resources, time.monotonic()
         )
+        if self.jobs.get(job_id).is_final:  # cancelled while the commit was in flight
+            await self.cancel_allocation(contract["terms"])
         return contract
 
     def candidates(self, spec: JobSpec, exclude: frozenset[str], wanted: int) -> list[str]:
@@ -604,6 +665,71 @@ class Orchestrator:
         if collection is not None:
             collection.add_refusal(inbound.sender, refusal)
 
+    # Cancelling ---------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, contract_id: str | None = None) -> list[Cancellation]:
+        """Cancel the job, or only its allocation ``contract_id``: stop, refund, report.
+
+        Cancelling the whole job ends it ``failed`` ("cancelled by the consumer") first, so
+        the ``killed`` results its providers sign change nothing, takes it out of the
+        placement queue, then asks each provider to stop (``cancel_allocation``). One
+        allocation is only stopped: what becomes of the job is the caller's decision.
+        Idempotent: a final job is left as it is, its providers answer their state.
+        Raises ``UnknownJob``, or MeshError (``unknown_contract``) for a contract the job
+        does not hold.
+        """
+        record = self.jobs.find(job_id)
+        contracts = [
+            contract["terms"]
+            for contract in record.contracts
+            if contract_id in (None, contract["terms"]["contract_id"])
+        ]
+        if contract_id is not None and not contracts:
+            raise MeshError(
+                f"job {record.job_id} holds no contract {contract_id}", code="unknown_contract"
+            )
+        if contract_id is None and not record.is_final:
+            self.jobs.set_status(record.job_id, "failed", CANCELLED_BY_CONSUMER)
+            self._settle(record.job_id)
+        done = await asyncio.gather(*(self.cancel_allocation(terms) for terms in contracts))
+        for cancellation in done:
+            self.jobs.record_event(record.job_id, "cancelled", cancellation.to_dict())
+        return list(done)
+
+    async def cancel_allocation(self, terms: Mapping[str, Any]) -> Cancellation:
+        """Ask the provider of the contract ``terms`` to stop its allocation, return the
+        capacity promised to it and refund its escrow (what verified checkpoints released
+        stays paid). The contract's job is not touched."""
+        contract_id, provider = str(terms["contract_id"]), str(terms["provider"])
+        try:
+            reply = await self.actor.request(
+                provider,
+                behaviours.CANCEL,
+                {"contract_id": contract_id},
+                timeout=self.settings.request_timeout_s,
+            )
+            state = _answered_state(reply)
+        except MeshError as exc:
+            state = exc.code
+        self.view.release(contract_id)
+        log.info("contract %s cancelled on %s: %s", contract_id, abbreviate_did(provider), state)
+        return Cancellation(contract_id, provider, state, self._refund(contract_id))
+
+    def cancel_later(self, terms: Mapping[str, Any]) -> None:
+        """``cancel_allocation`` in the background (best effort; ``stop`` ends it)."""
+        task = asyncio.create_task(self.cancel_allocation(terms))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    def _refund(self, contract_id: str) -> bool:
+        if self.payments is None:
+            return False
+        try:
+            return self.payments.refund(contract_id) is not None
+        except SettlementError as exc:
+            log.error("contract %s: refund failed: %s", contract_id, exc.message)
+            return False
+
     # Results ------------------------------------------------------------------------------
 
     async def on_result(self, inbound: Inbound) -> None:
@@ -627,6 +753,14 @@ class Orchestrator:
             log.warning("job %s: result rejected: %s", job_id, outcome.rejected)
             raise VerificationError(outcome.rejected)
         outcome = self.verification.apply(record, outcome)
+        if record.is_final:  # ended already (judged, cancelled): the stored verdict stands
+            outcome = replace(
+                outcome,
+                results=record.results,
+                status=record.status,
+                verified=bool(record.verified),
+                reason=record.reason,
+            )
         if outcome.final:
             self.jobs.record_outcome(
                 record.job_id,
@@ -754,6 +888,14 @@ async def wait_event(event: asyncio.Event, timeout: float) -> None:
         await asyncio.wait({waiter}, timeout=timeout)
     finally:
         waiter.cancel()
+
+
+def _answered_state(reply: Mapping[str, Any]) -> str:
+    """A cancel reply's state: its result's status when it has one, else the allocation's."""
+    result = reply.get("result")
+    body = result.get("body") if isinstance(result, dict) else None
+    state = body.get("status") if isinstance(body, dict) else reply.get("status")
+    return state[:64] if isinstance(state, str) else "unknown"
 
 
 def is_transient(reason: str) -> bool:

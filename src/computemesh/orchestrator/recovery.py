@@ -26,9 +26,10 @@ provider and without the job's other providers, at most ``max_relocations`` time
 
 A move supersedes the lost contract and refunds its escrow when payments are configured
 (what a verified checkpoint already released stays paid: the provider is paid for verified
-progress only), records a ``relocated`` event in the job's history, and places the job
-again: a job with a verified checkpoint resumes from its latest one (every placement names
-it in ``resume_from``), any other restarts from the beginning.
+progress only), asks the old provider to cancel the allocation in case it still runs
+(best effort, in the background), records a ``relocated`` event in the job's history, and
+places the job again: a job with a verified checkpoint resumes from its latest one (every
+placement names it in ``resume_from``), any other restarts from the beginning.
 """
 
 from __future__ import annotations
@@ -298,7 +299,7 @@ class Recovery:
         provider takes it now (placement then queues it or ends it ``no_provider``).
         """
         excluded = set(exclude)
-        async with self._locks.setdefault(job_id, asyncio.Lock()):
+        async with self.job_lock(job_id):
             jobs = self.orchestrator.jobs
             for contract in jobs.get(job_id).contracts:
                 terms = contract["terms"]
@@ -321,9 +322,15 @@ class Recovery:
                 log.warning("job %s could not be relocated: %s", job_id, exc.message)
                 return []
 
+    def job_lock(self, job_id: str) -> asyncio.Lock:
+        """Held while a job's contracts are being replaced (relocation, migration)."""
+        return self._locks.setdefault(job_id, asyncio.Lock())
+
     def _superseded(self, job_id: str, terms: dict[str, Any], reason: str) -> None:
-        """Refund a superseded contract's escrow and note the move in the job's history."""
+        """Refund a superseded contract's escrow, note the move in the job's history, and
+        ask its provider to stop it in case it still runs (in the background: best effort)."""
         contract_id = terms["contract_id"]
+        self.orchestrator.cancel_later(terms)
         payments = self.orchestrator.payments
         refunded = False
         if payments is not None:

@@ -4,7 +4,8 @@ Each job keeps a history, a list of events ``{"at": unix seconds, "event", "deta
 oldest first, at most ``MAX_HISTORY`` (the latest): ``submitted``; ``placed`` per contract
 (provider, contract id, checkpoint resumed from); ``queued`` when it starts waiting for
 capacity; the final status (``completed``, ``failed``, ``no_provider``) once; and what
-callers add with ``record_event`` (recovery's ``relocated``).
+callers add with ``record_event`` (recovery's ``relocated``, migration's ``migrated``,
+``cancelled`` per allocation a cancel stopped).
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ class JobRepository:
         with self._sessions.begin() as session:
             row = self._row(session, job_id)
             row.contracts = [*row.contracts, contract]
-            row.status = "running"
+            if row.status not in FINAL_STATES:  # a job cancelled meanwhile stays ended
+                row.status = "running"
             terms = contract["terms"]
             placed = {key: terms.get(key) for key in ("provider", "contract_id", "resume_from")}
             _append_event(row, "placed", placed)
