@@ -26,6 +26,7 @@ from computemesh.store import AllocationRepository, JobRepository, open_database
 from computemesh.transport import MemoryHub, MemoryTransport
 from computemesh.verification import (
     FraudFinding,
+    PolicyTuning,
     ReputationBook,
     check_fraud_finding,
     slash_through_ledger,
@@ -65,7 +66,7 @@ async def make_mesh(tmp_path: Path) -> AsyncIterator[MeshFactory]:
     """A mesh of nodes priced 0.1, 0.2, ... with the given faults (None: honest)."""
     started: list[Mesh] = []
 
-    async def build(faults: list[str | None], default: str = "none") -> Mesh:
+    async def build(faults: list[str | None], tuning: PolicyTuning | None = None) -> Mesh:
         hub = MemoryHub()
         nodes = [
             make_node(hub, tmp_path / f"n{i}", 0.1 * (i + 1), fault)
@@ -80,7 +81,7 @@ async def make_mesh(tmp_path: Path) -> AsyncIterator[MeshFactory]:
             judge=identity,
             reputation=ReputationBook(jobs.reputation),
             fraud=jobs.fraud,
-            settings=VerificationSettings(seed="test-seed"),
+            settings=VerificationSettings(seed="test-seed", tuning=tuning or PolicyTuning()),
             on_fraud=findings.append,
         )
         orchestrator = Orchestrator(
@@ -154,7 +155,9 @@ async def test_adaptive_checks_a_provider_with_no_record(make_mesh: MeshFactory)
 
 
 async def test_adaptive_replicates_less_as_the_record_grows(make_mesh: MeshFactory) -> None:
-    mesh = await make_mesh([None, None, None])
+    # Job ids are random, so the draws are too: a short half-record makes the decay steep
+    # enough that four replicated jobs in a row after the first four would take odds < 1e-4.
+    mesh = await make_mesh([None, None, None], tuning=PolicyTuning(adaptive_half_record=0.5))
     replicas = []
     for _ in range(8):
         record = await mesh.orchestrator.run(job({"policy": "adaptive"}), timeout=10)
