@@ -90,7 +90,7 @@ async def test_every_attempt_lost_ends_in_a_timeout(mesh: Any) -> None:
 
     with pytest.raises(RequestTimeout):
         await asker.request(
-            recipient.actor.did, behaviours.RESULT_FETCH, {"contract_id": "c1"}, timeout=0.4
+            recipient.actor.did, behaviours.RESULT_FETCH, {"contract_id": "c1"}, timeout=2.0
         )
 
     assert len(recipient.seen) == FAST_RETRY.attempts

@@ -32,8 +32,9 @@ SETTINGS = OrchestratorSettings(
     bid_window_s=0.2,
     placement_timeout_s=2.0,
     fetch_interval_s=0.3,
-    suspect_after_s=0.4,
-    dead_after_s=0.8,
+    # Ten heartbeats before suspicion: a loaded machine may stall the loop for a while.
+    suspect_after_s=1.0,
+    dead_after_s=2.0,
     sweep_interval_s=0.1,
 )
 HARDWARE = Hardware(cpu_count=2, architecture="x86_64", memory_mb=4096, disk_mb=10_000)
