@@ -19,6 +19,8 @@ time (and, as ``*_cpu``, in CPU time of this process, which other load on a shar
 machine disturbs less); latencies are per call, compiling the job spec included.
 
     python bench/matching.py [--quick] [--json] [--seed 7]
+
+With ``--json`` the last line is one JSON object; ``REQUIRED_KEYS`` are always in it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -284,6 +288,33 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """How much one run measures; the keys keep their names (``_10k``, ``_100k``) whatever
+    the sizes, so that reports compare across runs."""
+
+    small_nodes: int
+    large_nodes: int
+    jobs: int
+    single_jobs: int
+    ensemble_nodes: int
+    ensemble_candidates: int
+    baseline_jobs: int
+    runs: int
+
+
+FULL = Sizes(10_000, 100_000, 10_000, 3000, 2_000, 1_000, 100, runs=5)
+QUICK = Sizes(10_000, 100_000, 10_000, 500, 2_000, 1_000, 20, runs=2)
+
+REQUIRED_KEYS = (
+    "placements_per_s_10k",
+    "placements_per_s_100k",
+    "p99_single_ms_100k",
+    "baseline_placements_per_s_10k",
+    "cpsat_ensemble_s",
+)
+
+
 def best_of(
     runs: int, index: NodeIndex, jobs: list[tuple[str, JobSpec]]
 ) -> tuple[float, float, int]:
@@ -291,49 +322,52 @@ def best_of(
     return min(t[0] for t in timings), min(t[1] for t in timings), timings[0][2]
 
 
-def ensemble_ms(index: NodeIndex, runs: int) -> tuple[float, float, str]:
+def ensemble_seconds(index: NodeIndex, runs: int, candidates: int) -> tuple[float, float, str]:
     """Median CP-SAT time (model and search) and whole ``place_ensemble`` call, status."""
     spec = ensemble_spec(10)
     solver, total, status = [], [], ""
     for _ in range(runs):
         started = time.perf_counter()
-        result = place_ensemble(index, spec, max_candidates=1000)
-        total.append((time.perf_counter() - started) * 1000)
-        solver.append(result.solve_ms)
+        result = place_ensemble(index, spec, max_candidates=candidates)
+        total.append(time.perf_counter() - started)
+        solver.append(result.solve_ms / 1000)
         status = result.status
     return statistics.median(solver), statistics.median(total), status
 
 
-def measure(quick: bool, seed: int) -> dict[str, Any]:
-    runs = 2 if quick else 5
-    fleet = synthetic_fleet(100_000, seed)
-    jobs = synthetic_jobs(10_000, seed + 1)
+def measure(sizes: Sizes, seed: int) -> dict[str, Any]:
+    fleet = synthetic_fleet(sizes.large_nodes, seed)
+    jobs = synthetic_jobs(sizes.jobs, seed + 1)
     large, small, ensemble_nodes = (
         build_index(fleet),
-        build_index(fleet[:10_000]),
-        build_index(fleet[:2_000]),
+        build_index(fleet[: sizes.small_nodes]),
+        build_index(fleet[: sizes.ensemble_nodes]),
     )
-    seconds_10k, cpu_10k, placed_10k = best_of(runs, small, jobs)
-    seconds_100k, cpu_100k, placed_100k = best_of(runs, large, jobs)
-    singles = single_latencies(large, jobs[: 500 if quick else 3000])
-    cpsat, ensemble_total, status = ensemble_ms(ensemble_nodes, runs)
-    subset = jobs[: 20 if quick else 100]
+    seconds_10k, cpu_10k, placed_10k = best_of(sizes.runs, small, jobs)
+    seconds_100k, cpu_100k, placed_100k = best_of(sizes.runs, large, jobs)
+    singles = single_latencies(large, jobs[: sizes.single_jobs])
+    cpsat, ensemble_total, status = ensemble_seconds(
+        ensemble_nodes, sizes.runs, sizes.ensemble_candidates
+    )
+    subset = jobs[: sizes.baseline_jobs]
     started = time.perf_counter()
-    baseline_placed = baseline_batch(fleet[:10_000], subset)
+    baseline_placed = baseline_batch(fleet[: sizes.small_nodes], subset)
     baseline_s = time.perf_counter() - started
     per_s_10k = placed_10k / seconds_10k
     baseline_per_s = baseline_placed / baseline_s
     return {
         "placements_per_s_10k": round(per_s_10k),
         "placements_per_s_100k": round(placed_100k / seconds_100k),
-        "single_p50_ms": round(percentile(singles, 0.50), 3),
-        "single_p99_ms": round(percentile(singles, 0.99), 3),
-        "cpsat_ensemble_ms": round(cpsat, 1),
-        "ensemble_total_ms": round(ensemble_total, 1),
+        "p50_single_ms_100k": round(percentile(singles, 0.50), 3),
+        "p99_single_ms_100k": round(percentile(singles, 0.99), 3),
+        "cpsat_ensemble_s": round(cpsat, 4),
+        "ensemble_total_s": round(ensemble_total, 4),
         "baseline_placements_per_s_10k": round(baseline_per_s, 1),
-        "speedup_10k": round(per_s_10k / baseline_per_s),
+        "speedup_10k": round(per_s_10k / baseline_per_s) if baseline_per_s else None,
         "placements_per_s_10k_cpu": round(placed_10k / cpu_10k),
         "placements_per_s_100k_cpu": round(placed_100k / cpu_100k),
+        "nodes_small": sizes.small_nodes,
+        "nodes_large": sizes.large_nodes,
         "jobs": len(jobs),
         "placed_10k": placed_10k,
         "placed_100k": placed_100k,
@@ -348,24 +382,26 @@ def measure(quick: bool, seed: int) -> dict[str, Any]:
 ROWS = [
     ("placements/s, 10k jobs onto 10k nodes", "placements_per_s_10k"),
     ("placements/s, 10k jobs onto 100k nodes", "placements_per_s_100k"),
-    ("single placement p50 ms (100k nodes)", "single_p50_ms"),
-    ("single placement p99 ms (100k nodes)", "single_p99_ms"),
-    ("CP-SAT 10-allocation ensemble ms", "cpsat_ensemble_ms"),
+    ("single placement p50 ms (100k nodes)", "p50_single_ms_100k"),
+    ("single placement p99 ms (100k nodes)", "p99_single_ms_100k"),
+    ("CP-SAT 10-allocation ensemble s", "cpsat_ensemble_s"),
     ("baseline placements/s (10k nodes)", "baseline_placements_per_s_10k"),
     ("speedup over baseline (10k nodes)", "speedup_10k"),
 ]
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one run of each (about a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer runs and samples (about a minute)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
-    result = measure(args.quick, args.seed)
+    args = parser.parse_args(argv)
+    result = measure(QUICK if args.quick else FULL, args.seed)
     print(f"{'metric':<44}{'value':>14}")
     for label, key in ROWS:
-        print(f"{label:<44}{result[key]:>14}")
+        print(f"{label:<44}{result[key]!s:>14}")
     print(
         f"placed {result['placed_10k']} and {result['placed_100k']} of {result['jobs']} jobs;"
         f" CP-SAT {result['cpsat_status']}; {result['baseline_note']}"
