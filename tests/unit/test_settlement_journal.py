@@ -163,3 +163,35 @@ def test_cli_wallet_without_a_ledger_says_how_to_make_one(tmp_path: Path) -> Non
     result = runner.invoke(app, ["--home", str(tmp_path), "wallet", "balance", "--json"])
     assert result.exit_code == 1
     assert json.loads(result.output)["error"]["code"] == "no_ledger"
+
+
+def test_a_cut_tail_with_the_head_rewritten_to_match_is_caught(ledger_file: Path) -> None:
+    with sqlite3.connect(ledger_file) as db:
+        (last_hash,) = db.execute("SELECT hash FROM ledger_entries WHERE seq = 2").fetchone()
+        db.execute("DELETE FROM ledger_entries WHERE seq > 2")
+        db.execute("UPDATE ledger_head SET seq = 2, hash = ?", (last_hash,))
+    assert any("signed head names another last entry" in p for p in problems(ledger_file))
+    sql(ledger_file, "UPDATE ledger_head SET document = NULL")
+    assert any("head is not signed" in p for p in problems(ledger_file))
+
+
+def test_a_head_re_signed_by_another_key_is_caught(ledger_file: Path) -> None:
+    with sqlite3.connect(ledger_file) as db:
+        (last_hash,) = db.execute("SELECT hash FROM ledger_entries WHERE seq = 3").fetchone()
+        db.execute("DELETE FROM ledger_entries WHERE seq = 4")
+        forged = sign_document(
+            Identity.generate(), "ledger-head", {"seq": 3, "hash": last_hash, "entries": 4}
+        )
+        db.execute(
+            "UPDATE ledger_head SET seq = 3, hash = ?, document = ?",
+            (last_hash, json.dumps(forged)),
+        )
+    assert any("not a ledger author" in p for p in problems(ledger_file))
+
+
+def test_a_ledger_from_before_signed_heads_opens_and_reports_its_unsigned_head(
+    ledger_file: Path,
+) -> None:
+    with sqlite3.connect(ledger_file) as db:
+        db.execute("ALTER TABLE ledger_head DROP COLUMN document")
+    assert any("head is not signed" in p for p in problems(ledger_file))

@@ -8,7 +8,9 @@ Each entry is a ``ledger-entry`` document signed by its author; its body is::
 The postings of an entry add up to zero (double entry). An entry's hash is the SHA-256 of
 its whole signed document (``document_digest``), and the next entry names it as ``prev``,
 so editing, removing or reordering any entry breaks the chain from there on. The head
-(last seq and hash) is kept beside the entries, so removing the last entries shows too.
+(last seq and hash) is kept beside the entries as a ``ledger-head`` document signed by the
+author of the last append (``{"seq", "hash", "entries"}``), so removing the last entries
+shows too: rewriting the head to match a shortened journal needs an author's key.
 
 Accounts are text: ``available:<did>``, ``stake:<did>``, ``escrow:<contract id>`` and
 ``issuance``, the outside world deposits come from. Only ``issuance`` may go negative;
@@ -25,7 +27,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Integer, String, Text, create_engine, event, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -34,6 +46,7 @@ from computemesh.models.errors import IdentityError
 from computemesh.settlement.errors import SettlementError
 
 ENTRY_KIND = "ledger-entry"
+HEAD_KIND = "ledger-head"
 GENESIS_PREV = "0" * 64
 ISSUANCE = "issuance"
 
@@ -73,6 +86,7 @@ class HeadRow(JournalBase):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
+    document: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class BalanceRow(JournalBase):
@@ -135,7 +149,17 @@ def open_journal(url: str) -> sessionmaker[Session]:
     if engine.dialect.name == "sqlite":
         _begin_immediate(engine)
     JournalBase.metadata.create_all(engine)
+    _add_head_signature_column(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _add_head_signature_column(engine: Engine) -> None:
+    """Ledgers created before heads were signed lack the column; their head stays unsigned
+    (``verify`` reports it) until the next append signs it."""
+    columns = {column["name"] for column in inspect(engine).get_columns(HeadRow.__tablename__)}
+    if "document" not in columns:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE ledger_head ADD COLUMN document TEXT")
 
 
 def head(session: Session) -> HeadRow | None:
@@ -183,12 +207,18 @@ def append_entry(
     digest = document_digest(document)
     row = EntryRow(seq=seq, op_id=op_id, op=op, document=json.dumps(document), hash=digest)
     session.add(row)
+    signed_head = json.dumps(sign_document(author, HEAD_KIND, head_body(seq, digest)))
     if current is None:
-        session.add(HeadRow(id=1, seq=seq, hash=digest))
+        session.add(HeadRow(id=1, seq=seq, hash=digest, document=signed_head))
     else:
-        current.seq, current.hash = seq, digest
+        current.seq, current.hash, current.document = seq, digest, signed_head
     session.flush()
     return row
+
+
+def head_body(seq: int, digest: str) -> dict[str, Any]:
+    """What a signed head states: the last entry's seq and hash, and how many entries."""
+    return {"seq": seq, "hash": digest, "entries": seq + 1}
 
 
 def balance_of(session: Session, account: str) -> int:
@@ -254,8 +284,9 @@ def verify_journal(session: Session) -> JournalReport:
     Detects: a missing or extra seq, an entry whose ``seq`` or ``prev`` does not follow its
     predecessor, a stored hash that is not the document's, a signature that does not verify
     or is not by a genesis author, postings that do not balance, an account other than
-    ``issuance`` going negative, a head that is not the last entry, and balance or escrow
-    caches that differ from the replayed entries.
+    ``issuance`` going negative, a head that is not the last entry or whose signature (by
+    a genesis author) does not vouch for it, and balance or escrow caches that differ from
+    the replayed entries.
     """
     report = JournalReport()
     balances: dict[str, int] = defaultdict(int)
@@ -325,6 +356,26 @@ def _check_head(session: Session, rows: Sequence[EntryRow], report: JournalRepor
         return
     if current is None or current.seq != rows[-1].seq or current.hash != rows[-1].hash:
         report.problems.append("the head does not name the last entry (entries removed?)")
+        return
+    problem = _head_signature_problem(current, len(rows), report.authors)
+    if problem is not None:
+        report.problems.append(problem)
+
+
+def _head_signature_problem(current: HeadRow, entries: int, authors: list[str]) -> str | None:
+    """Why the stored head's signature does not vouch for ``entries`` ending at the head."""
+    if current.document is None:
+        return "the head is not signed (entries removed and the head rewritten?)"
+    try:
+        document = json.loads(current.document)
+        body = verify_document(document, kind=HEAD_KIND)
+    except (ValueError, IdentityError) as exc:
+        return f"the head's signature does not check: {exc}"
+    if document["signer"] not in authors:
+        return f"the head is signed by {document['signer']}, not a ledger author"
+    if body != head_body(current.seq, current.hash) or entries != current.seq + 1:
+        return "the signed head names another last entry (entries removed?)"
+    return None
 
 
 def _check_caches(session: Session, balances: dict[str, int], report: JournalReport) -> None:
