@@ -71,6 +71,36 @@ def test_schema_job_prints_json_schema(tmp_path: Path) -> None:
     assert "resources" in schema["properties"]
 
 
+def test_schema_ensemble_prints_json_schema_of_allocations_and_rules(tmp_path: Path) -> None:
+    code, out = cmesh(tmp_path, "schema", "ensemble")
+    assert code == 0
+    schema = json.loads(out)
+    assert schema["title"] == "EnsembleSpec"
+    assert schema["$id"].endswith("/ensemble.json")
+    assert {"allocations", "latency", "same_region", "spread"} <= set(schema["properties"])
+    assert set(schema["required"]) == {"name", "allocations"}
+    assert schema["properties"]["allocations"]["items"] == {"$ref": "#/$defs/JobSpec"}
+    assert "max_rtt_ms" in schema["$defs"]["LatencyBound"]["properties"]
+
+
+def test_submit_invalid_ensemble_names_the_rule_and_points_at_its_schema(tmp_path: Path) -> None:
+    spec = tmp_path / "pair.yaml"
+    spec.write_text(
+        "name: pair\n"
+        "allocations:\n"
+        "  - {name: a, command: [run]}\n"
+        "  - {name: b, command: [run]}\n"
+        "latency:\n"
+        "  - {a: a, b: ghost, max_rtt_ms: 10}\n"
+    )
+    code, out = cmesh(tmp_path, "submit", str(spec), "--nats", "nats://127.0.0.1:1", "--json")
+    assert code == 2
+    error = json.loads(out)["error"]
+    assert error["code"] == "invalid_spec"
+    assert "ghost" in error["message"]
+    assert "cmesh schema ensemble" in error["hint"]
+
+
 def test_submit_invalid_spec_names_field_and_exits_2(tmp_path: Path) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text("name: x\ncommand: [true]\nresources:\n  memory_mb: -1\n")

@@ -16,7 +16,7 @@ from computemesh.app.home import MeshHome
 from computemesh.cli.context import home_of
 from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
 from computemesh.models.errors import MeshError
-from computemesh.models.validation import job_spec_schema
+from computemesh.models.validation import ensemble_spec_schema, job_spec_schema
 from computemesh.orchestrator import Orchestrator
 from computemesh.orchestrator.dry_run import dry_run
 from computemesh.orchestrator.ensembles import (
@@ -327,3 +327,9 @@ schema_app = typer.Typer(help="Published JSON Schemas.", no_args_is_help=True)
 def schema_job() -> None:
     """Print the JSON Schema of the job spec."""
     print(json.dumps(job_spec_schema(), indent=2))
+
+
+@schema_app.command("ensemble")
+def schema_ensemble() -> None:
+    """Print the JSON Schema of the ensemble spec (a file with `allocations`)."""
+    print(json.dumps(ensemble_spec_schema(), indent=2))

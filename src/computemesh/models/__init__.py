@@ -35,7 +35,13 @@ from computemesh.models.market import (
     OutputFile,
     ResourceUsage,
 )
-from computemesh.models.validation import job_spec_schema, parse_job_spec, parse_model
+from computemesh.models.validation import (
+    ensemble_spec_schema,
+    job_spec_schema,
+    parse_ensemble_spec,
+    parse_job_spec,
+    parse_model,
+)
 
 __all__ = [
     "Advertisement",
@@ -67,7 +73,9 @@ __all__ = [
     "SpecError",
     "TransportError",
     "VerificationError",
+    "ensemble_spec_schema",
     "job_spec_schema",
+    "parse_ensemble_spec",
     "parse_job_spec",
     "parse_model",
     "sha256_hex",

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from computemesh.models.ensemble import EnsembleSpec
 from computemesh.models.errors import SpecError
 from computemesh.models.job import JobSpec
 
@@ -28,8 +29,9 @@ def describe_validation_error(error: ValidationError) -> list[str]:
     return lines
 
 
-def parse_model(model: type[ModelT], data: object, *, what: str) -> ModelT:
-    """Validate ``data`` as ``model``; raise SpecError listing every problem."""
+def parse_model(model: type[ModelT], data: object, *, what: str, schema: str = "job") -> ModelT:
+    """Validate ``data`` as ``model``; raise SpecError listing every problem, with a hint
+    naming the published schema (``cmesh schema <schema>``) that describes the format."""
     if not isinstance(data, Mapping):
         raise SpecError(f"{what} must be a mapping, got {type(data).__name__}")
     try:
@@ -38,7 +40,7 @@ def parse_model(model: type[ModelT], data: object, *, what: str) -> ModelT:
         problems = describe_validation_error(exc)
         raise SpecError(
             f"{what} is invalid:\n  " + "\n  ".join(problems),
-            hint=f"see `cmesh schema job` for the {what} format",
+            hint=f"see `cmesh schema {schema}` for the {what} format",
         ) from exc
 
 
@@ -46,9 +48,23 @@ def parse_job_spec(data: object) -> JobSpec:
     return parse_model(JobSpec, data, what="job spec")
 
 
+def parse_ensemble_spec(data: object) -> EnsembleSpec:
+    return parse_model(EnsembleSpec, data, what="ensemble spec", schema="ensemble")
+
+
+def published_schema(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """``model``'s JSON Schema (draft 2020-12) as published under ``name``."""
+    schema = model.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://computemesh.dev/schema/{name}.json"
+    return schema
+
+
 def job_spec_schema() -> dict[str, Any]:
     """The published JSON Schema of the job spec."""
-    schema = JobSpec.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://computemesh.dev/schema/job.json"
-    return schema
+    return published_schema(JobSpec, "job")
+
+
+def ensemble_spec_schema() -> dict[str, Any]:
+    """The published JSON Schema of the ensemble spec (allocations are job specs)."""
+    return published_schema(EnsembleSpec, "ensemble")

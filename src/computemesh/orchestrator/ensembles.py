@@ -22,7 +22,7 @@ from computemesh.matching import place_ensemble
 from computemesh.models.ensemble import EnsembleSpec
 from computemesh.models.errors import MeshError, NoProviderError
 from computemesh.models.market import Bid
-from computemesh.models.validation import parse_model
+from computemesh.models.validation import parse_ensemble_spec
 from computemesh.orchestrator.specfile import resolve_inputs
 from computemesh.store import JobRecord
 
@@ -165,6 +165,6 @@ def is_ensemble_document(data: object) -> bool:
 
 def load_ensemble_spec(data: object, base_dir: Path) -> EnsembleSpec:
     """Validate an ensemble document and resolve every allocation's inputs."""
-    ensemble = parse_model(EnsembleSpec, data, what="ensemble spec")
+    ensemble = parse_ensemble_spec(data)
     allocations = [resolve_inputs(spec, base_dir) for spec in ensemble.allocations]
     return ensemble.model_copy(update={"allocations": allocations})
