@@ -13,12 +13,13 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 
-from computemesh.identity import Identity
+from computemesh.identity import Identity, sign_document
 from computemesh.settlement import (
     ChainError,
     EscrowTerms,
     EvmLedger,
     LedgerSettings,
+    Receipt,
     ReceiptStore,
     SettlementError,
     VerifiedResult,
@@ -174,3 +175,65 @@ def test_a_batch_costs_far_less_gas_per_job_than_one_transaction_each(chain: Cha
     assert gas_single > 21_000
     assert gas_batch / 40 < gas_single / 5
     assert ledger.check_receipt(batch[7].to_dict()).op_id == batch[7].op_id
+
+
+def _settled_receipts(chain: Chain, ledger: EvmLedger) -> list[Receipt]:
+    """One receipt of each kind the chain client issues, all on chain."""
+    consumer, provider = chain.ids["consumer"], chain.ids["provider"]
+    single, batched, refunded = chain.terms(CREDIT), chain.terms(CREDIT), chain.terms(CREDIT)
+    receipts = [ledger.deposit(consumer.did, 5 * CREDIT, deposit_id="more")]
+    receipts += [ledger.lock(terms) for terms in (single, batched, refunded)]
+    one = attest_result(consumer, contract_id=single.contract_id, result_id="44" * 32, amount=7)
+    many = attest_result(consumer, contract_id=batched.contract_id, result_id="55" * 32, amount=9)
+    receipts += [ledger.release(one), *ledger.release_many([many])]
+    receipts += [ledger.refund(refunded.contract_id)]
+    ledger.deposit(provider.did, 2 * CREDIT, deposit_id="provider-funds")
+    receipts += [ledger.stake(provider.did, CREDIT, stake_id="provider-stake")]
+    return receipts
+
+
+def test_every_kind_of_receipt_checks_against_the_chain_after_a_restart(chain: Chain) -> None:
+    ledger = chain.ledger([chain.consumer, chain.provider])
+    receipts = _settled_receipts(chain, ledger)
+    restarted = chain.ledger([], store=ReceiptStore())
+    for receipt in receipts:
+        assert restarted.check_receipt(receipt.to_dict()).op_id == receipt.op_id
+
+
+def test_a_receipt_signed_by_another_key_is_refused(chain: Chain) -> None:
+    ledger = chain.ledger([chain.consumer])
+    receipt = ledger.deposit(chain.ids["consumer"].did, CREDIT, deposit_id="forged")
+    forged = sign_document(Identity.generate(), "settlement-receipt", receipt.body)
+    with pytest.raises(SettlementError) as info:
+        chain.ledger([], store=ReceiptStore()).check_receipt(forged)
+    assert info.value.code == "bad_receipt"
+    assert "signer" in info.value.message or "signed" in info.value.message
+
+
+def _re_signed(chain: Chain, receipt: Receipt, **changes: object) -> dict[str, object]:
+    """``receipt`` with ``changes`` to its body, signed again by the settlement authority."""
+    return sign_document(chain.ids["author"], "settlement-receipt", {**receipt.body, **changes})
+
+
+def test_a_receipt_whose_amounts_differ_from_the_chain_is_refused(chain: Chain) -> None:
+    ledger = chain.ledger([chain.consumer, chain.provider])
+    deposit, lock_single, lock_batched, _, release, batched, refund, stake = _settled_receipts(
+        chain, ledger
+    )
+    shares = {"provider": 800, "treasury": 150, "creator": 50}
+    lies = [
+        _re_signed(chain, deposit, amount=deposit.amount + 1),
+        _re_signed(chain, lock_single, amount=lock_single.amount * 2),
+        _re_signed(chain, lock_batched, payees={"provider": chain.ids["treasury"].did}),
+        _re_signed(chain, release, amount=1000, shares=shares),
+        _re_signed(chain, release, refund=release.refund + 1),
+        _re_signed(chain, batched, refund=0),
+        _re_signed(chain, batched, anchor=dict(release.anchor)),
+        _re_signed(chain, refund, refund=refund.refund - 1),
+        _re_signed(chain, stake, did=chain.ids["consumer"].did),
+    ]
+    restarted = chain.ledger([], store=ReceiptStore())
+    for lie in lies:
+        with pytest.raises(SettlementError) as info:
+            restarted.check_receipt(lie)
+        assert info.value.code == "bad_receipt", lie["body"]

@@ -33,6 +33,15 @@ class ChainBook:
         self._addresses: dict[str, str] = {}
         self._dids: dict[str, str] = {}
 
+    @property
+    def author(self) -> str:
+        """The DID that signs this client's receipts: the settlement authority they need."""
+        return self._author.did
+
+    @property
+    def treasury(self) -> str:
+        return self._treasury
+
     def address_of(self, did: str) -> str | None:
         """The address bound to ``did`` on chain, or None."""
         if did not in self._addresses:

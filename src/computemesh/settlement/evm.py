@@ -24,9 +24,10 @@ from computemesh.settlement.bindings import AccountBinding
 from computemesh.settlement.chain_accounts import ChainAccounts, require_available
 from computemesh.settlement.chain_book import ChainBook, conflict, log_anchor, tx_anchor
 from computemesh.settlement.chain_events import JobRef, find_job, find_log, job_payments, job_state
+from computemesh.settlement.chain_receipts import check_chain_receipt
 from computemesh.settlement.errors import SettlementError
 from computemesh.settlement.receipt_store import ReceiptStore
-from computemesh.settlement.receipts import Receipt, verify_receipt
+from computemesh.settlement.receipts import Receipt
 from computemesh.settlement.records import (
     Balance,
     EscrowState,
@@ -245,28 +246,9 @@ class EvmLedger:
         return self._book.history(did)
 
     def check_receipt(self, document: Mapping[str, Any]) -> Receipt:
-        receipt = verify_receipt(dict(document))
-        anchor = receipt.anchor
-        deployment = self._client.deployment
-        if (anchor.get("backend"), anchor.get("chain_id"), anchor.get("contract")) != (
-            "evm",
-            deployment.chain_id,
-            deployment.settlement,
-        ):
-            raise SettlementError("the receipt is anchored elsewhere", code="bad_receipt")
-        try:
-            tx = self._client.w3.eth.get_transaction_receipt(anchor["tx"])
-        except Exception as exc:  # web3 raises TransactionNotFound or a provider error
-            raise SettlementError(
-                "the receipt's transaction is not on chain", code="bad_receipt"
-            ) from exc
-        ours = [log for log in tx["logs"] if log["address"] == deployment.settlement]
-        if tx["status"] != 1 or tx["blockNumber"] != anchor.get("block") or not ours:
-            raise SettlementError("the receipt's transaction does not match", code="bad_receipt")
-        stored = self._book.stored(receipt.op_id)
-        if stored is not None and stored.to_dict() != dict(document):
-            raise SettlementError("the receipt differs from the one issued", code="bad_receipt")
-        return receipt
+        """The receipt once signed by this client's author and matching the chain
+        (``chain_receipts.check_chain_receipt``); ``bad_receipt`` otherwise."""
+        return check_chain_receipt(self._client, self._book, self.split, document)
 
     # internals ----------------------------------------------------------------------------
 
