@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from computemesh.app.consumer import open_jobs
+from computemesh.app.home import MeshHome
 from computemesh.cli.main import app
 
 runner = CliRunner()
@@ -127,6 +129,47 @@ def test_jobs_on_an_empty_home(tmp_path: Path) -> None:
     code, out = cmesh(tmp_path, "result", "abc", "--json")
     assert code == 1
     assert json.loads(out)["error"]["code"] == "unknown_job"
+
+
+def queue_two_jobs(home: Path) -> tuple[str, str]:
+    """Two jobs waiting for capacity in ``home``'s store: ``low`` arrived first, ``high``
+    has the higher priority."""
+    store = open_jobs(MeshHome(home))
+    ids = []
+    for number, (name, priority) in enumerate((("low", 0), ("high", 5))):
+        job_id = f"{number + 10:x}" * 32
+        store.create(job_id, name, {"name": name, "command": ["run"]})
+        reason = f"{name}: cpu: needs 2, 0 free now\nindex: cpu removes 3 of 3 node(s)"
+        store.set_status(job_id, "queued", reason)
+        store.queue.enqueue(job_id, priority=priority, reason=reason)
+        ids.append(job_id)
+    return ids[0], ids[1]
+
+
+def test_jobs_show_each_queued_job_s_position_and_json_its_reason(tmp_path: Path) -> None:
+    low, high = queue_two_jobs(tmp_path)
+    code, out = cmesh(tmp_path, "jobs")
+    assert code == 0
+    rows = {line.split()[1]: line for line in out.splitlines() if "queued" in line}
+    assert "queued #1" in rows[high] and "queued #2" in rows[low]
+    code, out = cmesh(tmp_path, "jobs", "--json")
+    views = {view["job_id"]: view for view in json.loads(out)}
+    assert views[high]["queue_position"] == 1 and views[low]["queue_position"] == 2
+    assert views[low]["status"] == "queued"
+    assert views[low]["reason"].startswith("low: cpu: needs 2, 0 free now")
+
+
+def test_result_of_a_queued_job_shows_its_position_and_reason(tmp_path: Path) -> None:
+    low, _ = queue_two_jobs(tmp_path)
+    code, out = cmesh(tmp_path, "result", low[:6])
+    assert code == 0
+    assert "queued" in out
+    assert "queue position: 2" in out
+    assert "reason: low: cpu: needs 2, 0 free now\n    index: cpu removes" in out
+    code, out = cmesh(tmp_path, "result", low, "--json")
+    view = json.loads(out)
+    assert (view["status"], view["queue_position"]) == ("queued", 2)
+    assert "index: cpu removes 3 of 3 node(s)" in view["reason"]
 
 
 def test_help_lists_every_command(tmp_path: Path) -> None:

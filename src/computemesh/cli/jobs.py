@@ -78,7 +78,8 @@ def print_job(record: JobRecord, queue_position: int | None = None) -> None:
     if queue_position is not None:
         console.print(f"  queue position: {queue_position}", highlight=False)
     if record.reason:
-        console.print(f"  reason: {record.reason}", highlight=False)
+        reason = record.reason.replace("\n", "\n    ")
+        console.print(f"  reason: {reason}", highlight=False)
     for document in record.results:
         body = document["body"]
         console.print(
@@ -236,16 +237,19 @@ def result(
     region: str | None = RegionOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Show a job's verified result, fetching it from its provider if not here yet."""
+    """Show a job's verified result, fetching it from its provider if not here yet; a
+    queued job shows its place in the queue and why it waits."""
     with reported_errors(as_json=as_json):
         home = home_of(ctx)
-        record = open_jobs(home).find(job_id)
+        store = open_jobs(home)
+        record = store.find(job_id)
         if not record.is_final and record.contracts:
             record = asyncio.run(_fetch(home, home.nats_url(nats), record.job_id, region))
+        position = store.queue.position(record.job_id)
         if as_json:
-            emit_json(job_view(record))
+            emit_json(job_view(record, position))
         else:
-            print_job(record)
+            print_job(record, position)
             print_history(record)
 
 
