@@ -47,8 +47,8 @@ def some(values: list[Any], *, max_size: int = 2) -> st.SearchStrategy[list[Any]
 
 @st.composite
 def adverts(draw: st.DrawFn, *, busy: bool = True) -> dict[str, Any]:
-    """A node; with ``busy`` False it offers ``process``, most of its capacity and reports
-    its latency to every region."""
+    """A node; with ``busy`` False it offers ``process`` and network, most of its capacity
+    and reports its latency to every region."""
     cpus = draw(st.integers(1, 8))
     memory = draw(st.sampled_from([512, 2048, 8192]))
     disk = draw(st.sampled_from([100, 5000, 50_000]))
@@ -67,6 +67,7 @@ def adverts(draw: st.DrawFn, *, busy: bool = True) -> dict[str, Any]:
         "executors": draw(executors) if busy else ["process"],
         "price_per_cpu_hour": draw(st.sampled_from([0.05, 0.1, 0.2, 0.4])),
         "sandboxed": True,
+        "network": draw(st.booleans()) if busy else True,
         "free": {
             "cpu": draw(st.integers(0 if busy else cpus, 2 * cpus)) / 2,
             "memory_mb": int(memory * draw(share)),
@@ -164,6 +165,7 @@ def job_specs(draw: st.DrawFn, name: str = "job", replicas: int = 3) -> JobSpec:
             "resources": resources,
             "constraints": rules,
             "replicas": draw(st.integers(1, replicas)),
+            "network": draw(st.integers(0, 3)) == 0,
         }
     )
 

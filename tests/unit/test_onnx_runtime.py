@@ -266,3 +266,25 @@ def test_nodes_offer_onnx_when_they_can_sandbox_it(
     assert insecure["onnx"].process.ro_binds == ()
     monkeypatch.setattr("computemesh.executor.process.find_bwrap", lambda path=None: None)
     assert "onnx" not in provider_app.build_executors(NodeSettings(home=tmp_path, sandbox=True))
+
+
+def test_nodes_offer_process_jobs_the_runtime_of_their_settings(tmp_path: Path) -> None:
+    settings = NodeSettings(home=tmp_path, sandbox=False)
+    process = provider_app.build_executors(settings)["process"]
+    assert isinstance(process, ProcessExecutor)
+    assert "python" + VERSION in process.runtimes
+    assert any(label.startswith(f"python{VERSION}/numpy==") for label in process.runtimes)
+    executors = {"process": process}
+    assert (
+        runtime_refusals(
+            onnx_spec({"python": VERSION, "packages": ["numpy"]}, "process"), executors
+        )
+        == []
+    )
+    assert runtime_refusals(
+        onnx_spec({"python": VERSION, "packages": ["torch"]}, "process"), executors
+    ) == [f"runtime: package torch not offered with python {VERSION}"]
+    bare = provider_app.build_executors(settings.model_copy(update={"process_python_packages": ()}))
+    assert bare["process"].runtimes == ()  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError):
+        NodeSettings(home=tmp_path, process_python_packages=("numpy==2",))

@@ -47,12 +47,17 @@ PRICE_STEP = 3.6
 
 @dataclass(frozen=True)
 class NodePlan:
+    """One node of a local mesh; ``allow_network``: ``node start --allow-network``."""
+
     name: str
     region: str
     price_per_cpu_hour: float
+    allow_network: bool = False
 
 
-def plan_nodes(count: int, regions: list[str] | None = None) -> list[NodePlan]:
+def plan_nodes(
+    count: int, regions: list[str] | None = None, *, allow_network: bool = False
+) -> list[NodePlan]:
     """Node names, regions (cycled) and prices (rising) for a local mesh of ``count``."""
     pool = regions or list(DEFAULT_REGIONS)
     return [
@@ -60,6 +65,7 @@ def plan_nodes(count: int, regions: list[str] | None = None) -> list[NodePlan]:
             name=f"node-{index + 1}",
             region=pool[index % len(pool)],
             price_per_cpu_hour=round(BASE_PRICE + PRICE_STEP * index, 4),
+            allow_network=allow_network,
         )
         for index in range(count)
     ]
@@ -84,6 +90,8 @@ def node_command(home: Path, nats_url: str, plan: NodePlan, *, sandbox: bool) ->
     ]
     if not sandbox:
         command.append("--insecure-no-sandbox")
+    if plan.allow_network:
+        command.append("--allow-network")
     return command
 
 
@@ -115,7 +123,12 @@ def _spawn_node(home: MeshHome, nats_url: str, plan: NodePlan, *, sandbox: bool)
     did = load_or_create_identity(node_home).did
     log_file = home.logs_dir / f"{plan.name}.log"
     command = node_command(node_home, nats_url, plan, sandbox=sandbox)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", ENV_LEDGER: str(create_local_ledger(home))}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ledger = create_local_ledger(home)
+    if ledger is not None:
+        env[ENV_LEDGER] = str(ledger)
+    else:
+        env.pop(ENV_LEDGER, None)
     pid = spawn_detached(command, log_file, env=env).pid
     return {
         "name": plan.name,
@@ -124,6 +137,7 @@ def _spawn_node(home: MeshHome, nats_url: str, plan: NodePlan, *, sandbox: bool)
         "home": str(node_home),
         "region": plan.region,
         "price_per_cpu_hour": plan.price_per_cpu_hour,
+        "allow_network": plan.allow_network,
         "log": str(log_file),
     }
 
@@ -142,8 +156,11 @@ def mesh_up(
     nats_url: str | None = None,
     regions: list[str] | None = None,
     sandbox: bool = True,
+    allow_network: bool = False,
 ) -> dict[str, Any]:
     """Start NATS (unless joining ``nats_url``) and the nodes; write and return the state.
+
+    ``allow_network`` starts every node with ``--allow-network``.
 
     ``hubs`` servers are started; more than one form a cluster. The state records each
     hub (name, pid, url, ports, store, log) and ``nats_url``, every hub's URL joined by commas.
@@ -164,7 +181,8 @@ def mesh_up(
     state["nats_url"] = nats_url
     home.write_state(state)
     try:
-        state["nodes"] = spawn_nodes(home, nats_url, plan_nodes(nodes, regions), sandbox=sandbox)
+        plans = plan_nodes(nodes, regions, allow_network=allow_network)
+        state["nodes"] = spawn_nodes(home, nats_url, plans, sandbox=sandbox)
         home.write_state(state)
         wait_nodes_ready(state["nodes"])
     except BaseException:
@@ -273,7 +291,12 @@ def restart_node(home: MeshHome, name: str, *, timeout_s: float = 30.0) -> dict[
     old = nodes[index]
     if is_process_alive(int(old["pid"])):
         raise MeshError(f"node {name} is still running (pid {old['pid']})", code="node_running")
-    plan = NodePlan(name, str(old["region"]), float(old["price_per_cpu_hour"]))
+    plan = NodePlan(
+        name,
+        str(old["region"]),
+        float(old["price_per_cpu_hour"]),
+        allow_network=bool(old.get("allow_network", False)),
+    )
     record = _spawn_node(home, state["nats_url"], plan, sandbox=bool(state.get("sandbox", True)))
     nodes[index] = record
     home.write_state(state)

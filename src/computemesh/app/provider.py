@@ -17,6 +17,7 @@ from computemesh.executor.base import Executor
 from computemesh.executor.docker import DockerExecutor
 from computemesh.executor.model_cache import ModelCache
 from computemesh.executor.onnx import OnnxExecutor, python_runtime_for_onnx
+from computemesh.executor.python_runtime import PythonRuntime, resolve_python_runtime
 from computemesh.identity import load_or_create_identity
 from computemesh.models.errors import ExecutionError
 from computemesh.node.hardware import detect_hardware
@@ -33,7 +34,10 @@ def build_executors(settings: NodeSettings) -> dict[str, Executor]:
     executors: dict[str, Executor] = {}
     try:
         executors["process"] = ProcessExecutor(
-            sandbox=settings.sandbox, max_inline_output_bytes=settings.max_inline_output_bytes
+            sandbox=settings.sandbox,
+            max_inline_output_bytes=settings.max_inline_output_bytes,
+            allow_network=settings.allow_network,
+            runtime=process_runtime(settings),
         )
     except ExecutionError as exc:
         log.error("not offering the process executor: %s", exc)
@@ -55,11 +59,23 @@ def build_executors(settings: NodeSettings) -> dict[str, Executor]:
         log.error("not offering the onnx executor: %s", exc)
     try:
         executors["docker"] = DockerExecutor(
-            max_inline_output_bytes=settings.max_inline_output_bytes
+            max_inline_output_bytes=settings.max_inline_output_bytes,
+            allow_network=settings.allow_network,
         )
     except ExecutionError as exc:
         log.info("not offering the docker executor: %s", exc)
     return executors
+
+
+def process_runtime(settings: NodeSettings) -> PythonRuntime | None:
+    """The Python runtime process jobs may declare; None (logged) when the node has none."""
+    if not settings.process_python_packages:
+        return None
+    try:
+        return resolve_python_runtime(settings.process_python_packages)
+    except ExecutionError as exc:
+        log.error("offering process jobs no python runtime: %s", exc)
+        return None
 
 
 def build_node(

@@ -20,6 +20,9 @@ from computemesh.models.errors import SpecError
 from computemesh.node.settings import NodeSettings
 
 NatsOption = typer.Option(None, "--nats", help="NATS URL of the mesh (default: the local mesh).")
+AllowNetworkOption = typer.Option(
+    False, "--allow-network", help="Give network access to jobs that declare they need it."
+)
 
 
 def up(
@@ -35,6 +38,7 @@ def up(
     insecure_no_sandbox: bool = typer.Option(
         False, "--insecure-no-sandbox", help="Run jobs without bubblewrap (unsafe)."
     ),
+    allow_network: bool = AllowNetworkOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Start a local mesh in the background: nats-server (or a cluster) plus N provider nodes."""
@@ -49,6 +53,7 @@ def up(
             nats_url=nats,
             regions=region or None,
             sandbox=not insecure_no_sandbox,
+            allow_network=allow_network,
         )
         if as_json:
             emit_json(state)
@@ -152,6 +157,7 @@ def node_start(
     insecure_no_sandbox: bool = typer.Option(
         False, "--insecure-no-sandbox", help="Run jobs without bubblewrap (unsafe)."
     ),
+    allow_network: bool = AllowNetworkOption,
     log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line."),
     fault: str | None = typer.Option(
         None,
@@ -170,6 +176,7 @@ def node_start(
                 price_per_cpu_hour=price,
                 heartbeat_interval_s=heartbeat,
                 sandbox=not insecure_no_sandbox,
+                allow_network=allow_network,
                 fault=fault,
             )
         except ValueError as exc:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from computemesh.models.errors import ExecutionError
+from computemesh.models.job import RuntimeSpec
 from computemesh.models.market import ResourceUsage, ResultStatus
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,9 @@ class ExecutionRequest:
     budget for executors that meter it (wasm); others ignore it. ``checkpointing`` gives
     the job a checkpoint directory (``CMESH_CHECKPOINT_DIR``), filled from the archive
     ``restore`` before it starts. ``image`` is the container image (docker only).
+    ``network`` asks for network access, which executors give only where the node allows
+    it and refuse otherwise. ``runtime`` is the Python runtime the job declares (process
+    jobs: bound for it, see ``python_runtime``).
     """
 
     job_id: str
@@ -87,6 +92,8 @@ class ExecutionRequest:
     checkpointing: bool = False
     restore: bytes | None = None
     image: str | None = None
+    network: bool = False
+    runtime: RuntimeSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,20 @@ def _fan_out(observers: Sequence[RunObserver]) -> OutputCallback:
             observer.output(stream, chunk)
 
     return deliver
+
+
+NETWORK_HINT = "run it on a node started with --allow-network"
+
+
+def check_network_allowed(request: ExecutionRequest, *, allowed: bool) -> None:
+    """Raise ExecutionError "network_not_allowed" for a job that needs network access
+    from an executor that may not give it."""
+    if request.network and not allowed:
+        raise ExecutionError(
+            "the job needs network access and this node does not allow it",
+            code="network_not_allowed",
+            hint=NETWORK_HINT,
+        )
 
 
 def metered_bytes_out(

@@ -5,8 +5,10 @@ raises ExecutionError code "engine_unreachable" otherwise). Each job's container
 (``container_config``, pure, so the mapping is testable without an engine):
 
 * image ``ExecutionRequest.image``, the command as given, the request's environment only;
-* no network (``network_mode: none``); read-only root file system; all capabilities
-  dropped, ``no-new-privileges``; uid 1000;
+* no network (``network_mode: none``), except for a job that declares ``network`` on an
+  executor made with ``allow_network`` (the engine's default bridge; without it such a
+  job is refused in ``prepare``, ExecutionError "network_not_allowed"); read-only root
+  file system; all capabilities dropped, ``no-new-privileges``; uid 1000;
 * the job's work dir bound read-write at /work (its working directory), its checkpoint
   directory at /checkpoint for a job that checkpoints; a size-capped tmpfs at /tmp;
 * memory (no swap beyond it), CPU bandwidth (``cpu_cores``), processes, open files and
@@ -30,6 +32,7 @@ from computemesh.executor.base import (
     ExecutionHandle,
     ExecutionRequest,
     ExecutionResult,
+    check_network_allowed,
     metered_bytes_out,
 )
 from computemesh.executor.checkpoint import (
@@ -64,9 +67,10 @@ class CappedLog:
         return self.total > len(self.data)
 
 
-def container_config(handle: ExecutionHandle) -> dict[str, Any]:
+def container_config(handle: ExecutionHandle, *, allow_network: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``containers.create`` (see the module docstring)."""
     request, limits = handle.request, handle.request.limits
+    network = request.network and allow_network
     env = dict(request.env)
     volumes = {str(handle.work_dir): {"bind": "/work", "mode": "rw"}}
     if handle.checkpoint_dir is not None:
@@ -79,7 +83,7 @@ def container_config(handle: ExecutionHandle) -> dict[str, Any]:
         "environment": env,
         "working_dir": "/work",
         "user": CONTAINER_UID,
-        "network_mode": "none",
+        "network_mode": "bridge" if network else "none",
         "read_only": True,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
@@ -112,9 +116,16 @@ class DockerExecutor:
 
     name: str = "docker"
 
-    def __init__(self, *, client: Any = None, max_inline_output_bytes: int = 256 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        client: Any = None,
+        max_inline_output_bytes: int = 256 * 1024,
+        allow_network: bool = False,
+    ) -> None:
         self.client = client if client is not None else _reachable_client()
         self.max_inline_output_bytes = max_inline_output_bytes
+        self.allow_network = allow_network
         self._containers: dict[ExecutionHandle, Any] = {}
         self._started: dict[ExecutionHandle, float] = {}
         self._results: dict[ExecutionHandle, ExecutionResult] = {}
@@ -122,6 +133,7 @@ class DockerExecutor:
 
     async def prepare(self, request: ExecutionRequest, work_root: Path) -> ExecutionHandle:
         _check_request(request)
+        check_network_allowed(request, allowed=self.allow_network)
         job_dir, work_dir = create_job_dir(work_root, request.job_id)
         try:
             write_inputs(work_dir, request.inputs, None)
@@ -138,7 +150,8 @@ class DockerExecutor:
             raise ExecutionError(f"cannot start a job that is {handle.state}", code="invalid_state")
         try:
             container = await asyncio.to_thread(
-                self.client.containers.create, **container_config(handle)
+                self.client.containers.create,
+                **container_config(handle, allow_network=self.allow_network),
             )
             self._containers[handle] = container
             await asyncio.to_thread(container.start)

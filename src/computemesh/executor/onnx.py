@@ -137,6 +137,7 @@ class OnnxExecutor:
             command=self._command("run", plan),
             env={**request.env, **self._runner_env()},
             inputs=[*request.inputs, (RUNNER_FILE, self._runner, False)],
+            runtime=None,  # the runtime is bound for every onnx run (``ro_binds``)
         )
         return await self.process.prepare(run, work_root)
 

@@ -4,7 +4,9 @@ Isolation, by limit (details in ``sandbox``, ``launch`` and ``limits``):
 
 * file system, network, other processes: a bubblewrap sandbox (``sandbox.py``); the job
   sees /usr and a few /etc entries read-only, its work dir at /work, private /tmp and
-  no network but its own loopback;
+  no network but its own loopback. A job that declares ``network`` gets the host's
+  network only from an executor made with ``allow_network``; any other refuses it in
+  ``prepare`` (ExecutionError "network_not_allowed");
 * privileges: on root nodes the job runs under a host uid of its own (and as uid 1000
   of a user namespace under bwrap), never as root; ``no_new_privs`` is set;
 * memory, CPU time, processes, open files, file size: rlimits set before exec; where
@@ -20,9 +22,14 @@ Isolation, by limit (details in ``sandbox``, ``launch`` and ``limits``):
 * checkpoints: a job that checkpoints sees its checkpoint directory at /checkpoint
   (``CMESH_CHECKPOINT_DIR``), restored before start; ``checkpoint`` archives it.
 
-``ro_binds`` adds host paths the job sees read-only (for example a Python runtime, see
-``python_runtime``); each is checked by ``sandbox.check_read_only_bind`` when the
-executor is made. Without a sandbox they are ignored: the job sees the host as it is.
+``ro_binds`` adds host paths every job sees read-only; each is checked by
+``sandbox.check_read_only_bind`` when the executor is made. ``runtime`` is the Python
+runtime (``python_runtime``) given to the jobs that declare one: its interpreter and
+packages are bound read-only for those jobs only, its interpreter's directory leads
+``PATH`` (so ``python3`` is that interpreter) and ``PYTHONPATH`` names its packages. A
+job whose declared runtime this one does not meet is refused in ``prepare``
+(ExecutionError "runtime_missing", one sentence per unmet part). Without a sandbox the
+binds are ignored: the job sees the host as it is, ``PYTHONPATH`` the host site dirs.
 
 ``sandbox=False`` (nodes started with ``--insecure-no-sandbox``) runs the command
 directly in the work dir with the same rlimits, uid switch and process-group kill, but
@@ -45,6 +52,7 @@ from computemesh.executor.base import (
     ExecutionHandle,
     ExecutionRequest,
     ExecutionResult,
+    check_network_allowed,
     metered_bytes_out,
 )
 from computemesh.executor.cgroups import JobCgroup, create_job_cgroup, detect_cgroups
@@ -67,9 +75,11 @@ from computemesh.executor.launch import (
 )
 from computemesh.executor.limits import SANDBOX_OVERHEAD_PROCESSES, rlimits_for
 from computemesh.executor.outcome import classify, decode_wait_status
+from computemesh.executor.python_runtime import PythonRuntime, unmet_runtime
 from computemesh.executor.running import RunningJob, child_pid_from_info, usage_from
 from computemesh.executor.sandbox import (
     SANDBOX_CHECKPOINT_DIR,
+    SANDBOX_PATH,
     HostLayout,
     ReadOnlyBind,
     SandboxConfig,
@@ -122,12 +132,17 @@ class ProcessExecutor:
         max_inline_output_bytes: int = 256 * 1024,
         ro_binds: Sequence[ReadOnlyBind] = (),
         use_cgroups: bool = True,
+        allow_network: bool = False,
+        runtime: PythonRuntime | None = None,
     ) -> None:
         self.sandbox = sandbox
+        self.allow_network = allow_network
+        self.runtime = runtime
         self.cgroups = detect_cgroups() if use_cgroups else None
         self._groups: dict[ExecutionHandle, JobCgroup] = {}
         self.max_inline_output_bytes = max_inline_output_bytes
         self.ro_binds = _checked_binds(ro_binds)
+        self._runtime_binds = _checked_binds(runtime.binds()) if runtime is not None else ()
         self.bwrap: str | None = None
         self._layout: HostLayout | None = None
         if sandbox:
@@ -141,8 +156,14 @@ class ProcessExecutor:
             self._layout = detect_host_layout()
         self._runs: dict[ExecutionHandle, RunningJob] = {}
 
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """The runtime labels this executor offers jobs (see ``python_runtime``)."""
+        return self.runtime.offers() if self.runtime is not None else ()
+
     async def prepare(self, request: ExecutionRequest, work_root: Path) -> ExecutionHandle:
         _check_request(request)
+        self._check_permissions(request)
         uid = _JOB_UIDS.acquire() if can_switch_uid() else None
         try:
             job_dir, work_dir, checkpoint_dir = await asyncio.to_thread(
@@ -165,6 +186,15 @@ class ProcessExecutor:
             run_as_uid=uid,
             checkpoint_dir=checkpoint_dir,
         )
+
+    def _check_permissions(self, request: ExecutionRequest) -> None:
+        """Refuse a job that wants network this executor does not allow, or a runtime it
+        does not offer."""
+        check_network_allowed(request, allowed=self.allow_network)
+        if request.runtime is not None:
+            unmet = unmet_runtime(request.runtime, self.runtimes, self.name)
+            if unmet:
+                raise ExecutionError("; ".join(unmet), code="runtime_missing")
 
     async def start(self, handle: ExecutionHandle) -> None:
         if handle.state != "prepared" or handle.stop_requested:
@@ -306,13 +336,16 @@ class ProcessExecutor:
     ) -> tuple[list[str], str, dict[str, str], list[int]]:
         """``(argv, cwd, env, fds to pass)``; records the descriptors it opens."""
         request = handle.request
+        runtime = self.runtime if request.runtime is not None else None
         if self.bwrap is None or self._layout is None:
-            env = sandbox_env(_job_env(handle, handle.checkpoint_dir), home=str(handle.work_dir))
+            job_env = _job_env(handle, handle.checkpoint_dir, runtime, sandboxed=False)
+            env = sandbox_env(job_env, home=str(handle.work_dir))
             return list(request.command), str(handle.work_dir), env, []
         info_r, info_w = os.pipe()
         parent_fds["info"] = info_r
         child_fds.append(info_w)
-        data_fds = memory_files(synthetic_etc_files(), child_fds)
+        network = request.network and self.allow_network
+        data_fds = memory_files(synthetic_etc_files(network=network), child_fds)
         job_dir = STAGING_MOUNTPOINT if plan.staged_job_dir else str(handle.job_dir)
         checkpoint = SANDBOX_CHECKPOINT_DIR if handle.checkpoint_dir is not None else None
         config = SandboxConfig(
@@ -320,12 +353,13 @@ class ProcessExecutor:
             work_source=f"{job_dir}/{handle.work_dir.name}",
             checkpoint_source=f"{job_dir}/{CHECKPOINT_DIR_NAME}" if checkpoint else None,
             command=request.command,
-            env=sandbox_env(_job_env(handle, checkpoint)),
+            env=sandbox_env(_job_env(handle, checkpoint, runtime, sandboxed=True)),
             layout=self._layout,
             tmpfs_bytes=tmpfs_bytes_for(request.limits),
             info_fd=info_w,
             data_fds=data_fds,
-            ro_binds=self.ro_binds,
+            ro_binds=(*self.ro_binds, *(self._runtime_binds if runtime is not None else ())),
+            share_network=network,
         )
         return build_bwrap_argv(config), "/", {}, [info_w, *data_fds.values()]
 
@@ -428,12 +462,28 @@ def _check_request(request: ExecutionRequest) -> None:
         checked_relative_path(path, "output")
 
 
-def _job_env(handle: ExecutionHandle, checkpoint: Path | str | None) -> dict[str, str]:
-    """The request's environment, plus where the checkpoint directory is (if any)."""
-    env = dict(handle.request.env)
+def _job_env(
+    handle: ExecutionHandle,
+    checkpoint: Path | str | None,
+    runtime: PythonRuntime | None = None,
+    *,
+    sandboxed: bool = True,
+) -> dict[str, str]:
+    """The runtime's variables (if any), the request's environment, and where the
+    checkpoint directory is (if any)."""
+    env = runtime_env(runtime, sandboxed=sandboxed) if runtime is not None else {}
+    env.update(handle.request.env)
     if checkpoint is not None:
         env[CHECKPOINT_ENV] = str(checkpoint)
     return env
+
+
+def runtime_env(runtime: PythonRuntime, *, sandboxed: bool) -> dict[str, str]:
+    """``PATH`` led by the runtime's interpreter directory, ``PYTHONPATH`` its packages."""
+    return {
+        "PATH": f"{os.path.dirname(runtime.interpreter)}:{SANDBOX_PATH}",
+        "PYTHONPATH": ":".join(runtime.import_paths(sandboxed=sandboxed)),
+    }
 
 
 def _make_work_dir(

@@ -40,6 +40,7 @@ from pathlib import Path
 from computemesh.executor.launch import can_switch_uid
 from computemesh.executor.sandbox import ReadOnlyBind, check_read_only_bind
 from computemesh.models.errors import ExecutionError
+from computemesh.models.job import RuntimeSpec
 
 RUNTIME_SITE_DIR = "/opt/computemesh/site-packages"
 """Where a runtime's packages appear inside the sandbox."""
@@ -269,3 +270,31 @@ def _readable_by_others(path: str) -> bool:
         return False
     needed = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
     return mode & needed == needed
+
+
+def unmet_runtime(wanted: RuntimeSpec, labels: Sequence[str], executor: str) -> list[str]:
+    """One sentence per part of ``wanted`` that ``labels`` (of ``executor``) lack."""
+    packages: dict[str, str] = {}
+    pythons: set[str] = set()
+    for label in labels:
+        parsed = parse_offer(label)
+        if parsed is None:
+            continue
+        python, package, version = parsed
+        pythons.add(python)
+        if python == wanted.python and package is not None and version is not None:
+            packages[package] = version
+    if wanted.python not in pythons:
+        offered = ", ".join(f"python {v}" for v in sorted(pythons)) or "no runtime"
+        return [
+            f"runtime: python {wanted.python} not offered by the {executor} executor ({offered})"
+        ]
+    reasons = []
+    for requirement in wanted.packages:
+        name, _, version = requirement.partition("==")
+        have = packages.get(normalize_package_name(name))
+        if have is None:
+            reasons.append(f"runtime: package {name} not offered with python {wanted.python}")
+        elif version and have != version:
+            reasons.append(f"runtime: package {name}=={version} wanted, {have} offered")
+    return reasons

@@ -18,7 +18,9 @@ What a job sees inside the sandbox:
     - ``/etc/passwd``, ``/etc/group`` (generated): the job's own user and group
       (uid/gid 1000, home /work) so user lookups work without revealing host accounts;
     - ``/etc/hosts``, ``/etc/nsswitch.conf`` (generated): ``localhost`` resolves from
-      files, nothing else is configured.
+      files, nothing else is configured;
+    - for a job given network access only, ``/etc/resolv.conf`` (host, read-only) and
+      ``dns`` after ``files`` for host names.
 * ``/checkpoint`` read-write for a job that checkpoints (its checkpoint directory,
   named by ``CMESH_CHECKPOINT_DIR``).
 * ``/work`` read-write (the job's work directory, also the current directory), a
@@ -28,6 +30,9 @@ What a job sees inside the sandbox:
   own pid, ipc, uts (hostname "sandbox") and cgroup namespaces, and a user namespace
   in which the job is uid/gid 1000 with no capabilities and may not create further
   user namespaces (``--disable-userns``).
+  A job that declares ``network`` on a node that allows it (``SandboxConfig.
+  share_network``) keeps the host's network namespace (``--share-net`` after
+  ``--unshare-all``); every other namespace stays unshared.
 * The root directory (``/etc`` included) and ``/dev`` are remounted read-only once
   built, so the job can write only to /work, /tmp and /dev/shm.
 * ``--die-with-parent`` (the sandbox dies with the node) and ``--new-session`` (no
@@ -63,6 +68,9 @@ ROOT_ENTRIES = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 HOST_ETC_ENTRIES = ("/etc/ld.so.cache", "/etc/alternatives")
 """Host ``/etc`` entries bound read-only (see the module docstring for why)."""
+
+NETWORK_ETC_ENTRIES = ("/etc/resolv.conf",)
+"""Host ``/etc`` entries bound read-only for a job given network access (name service)."""
 
 RESERVED_SANDBOX_PATHS = (
     "/work",
@@ -101,6 +109,7 @@ class HostLayout:
 
     root_entries: tuple[RootEntry, ...]
     etc_entries: tuple[str, ...]
+    network_etc_entries: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,7 @@ class SandboxConfig:
     bwrap's JSON report with the host pid of the sandbox's init process. ``ro_binds``
     are extra host paths bound read-only (each checked by ``check_read_only_bind``).
     ``checkpoint_source``, when set, is the host path bound read-write at /checkpoint.
+    ``share_network`` keeps the host's network (for a job allowed network access).
     """
 
     bwrap: str
@@ -124,6 +134,7 @@ class SandboxConfig:
     data_fds: Mapping[str, int] = field(default_factory=dict)
     ro_binds: Sequence[ReadOnlyBind] = ()
     checkpoint_source: str | None = None
+    share_network: bool = False
 
 
 def find_bwrap(path: str | None = None) -> str | None:
@@ -153,7 +164,8 @@ def detect_host_layout() -> HostLayout:
         elif os.path.isdir(path):
             entries.append(RootEntry(path))
     etc = tuple(path for path in HOST_ETC_ENTRIES if os.path.exists(path))
-    return HostLayout(root_entries=tuple(entries), etc_entries=etc)
+    network_etc = tuple(path for path in NETWORK_ETC_ENTRIES if os.path.exists(path))
+    return HostLayout(root_entries=tuple(entries), etc_entries=etc, network_etc_entries=network_etc)
 
 
 def sandbox_env(job_env: Mapping[str, str], *, home: str = SANDBOX_WORK_DIR) -> dict[str, str]:
@@ -163,14 +175,16 @@ def sandbox_env(job_env: Mapping[str, str], *, home: str = SANDBOX_WORK_DIR) -> 
     return env
 
 
-def synthetic_etc_files() -> dict[str, bytes]:
-    """Generated ``/etc`` files: the sandbox user only, and localhost."""
+def synthetic_etc_files(*, network: bool = False) -> dict[str, bytes]:
+    """Generated ``/etc`` files: the sandbox user only, and localhost (then DNS, with
+    ``network``)."""
     user, group = SANDBOX_UID, SANDBOX_GID
+    hosts = b"files dns" if network else b"files"
     return {
         "/etc/passwd": f"job:x:{user}:{group}:job:{SANDBOX_WORK_DIR}:/bin/sh\n".encode(),
         "/etc/group": f"job:x:{group}:\n".encode(),
         "/etc/hosts": b"127.0.0.1\tlocalhost\n::1\tlocalhost\n",
-        "/etc/nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files\n",
+        "/etc/nsswitch.conf": b"passwd: files\ngroup: files\nhosts: " + hosts + b"\n",
     }
 
 
@@ -204,8 +218,8 @@ def build_bwrap_argv(config: SandboxConfig) -> list[str]:
     """The full bwrap command line for one job (pure: it only reads ``config``)."""
     return [
         config.bwrap,
-        *_namespace_args(),
-        *_system_args(config.layout),
+        *_namespace_args(share_network=config.share_network),
+        *_system_args(config.layout, share_network=config.share_network),
         *_read_only_bind_args(config.ro_binds),
         *_etc_args(config.data_fds),
         *_scratch_args(config.tmpfs_bytes),
@@ -219,9 +233,10 @@ def build_bwrap_argv(config: SandboxConfig) -> list[str]:
     ]
 
 
-def _namespace_args() -> list[str]:
+def _namespace_args(*, share_network: bool) -> list[str]:
     return [
         "--unshare-all",
+        *(["--share-net"] if share_network else []),
         "--unshare-user",
         "--disable-userns",
         *("--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID)),
@@ -232,14 +247,15 @@ def _namespace_args() -> list[str]:
     ]
 
 
-def _system_args(layout: HostLayout) -> list[str]:
+def _system_args(layout: HostLayout, *, share_network: bool) -> list[str]:
     args = ["--ro-bind", "/usr", "/usr"]
     for entry in layout.root_entries:
         if entry.target is not None:
             args += ["--symlink", entry.target, entry.path]
         else:
             args += ["--ro-bind", entry.path, entry.path]
-    for path in layout.etc_entries:
+    etc = (*layout.etc_entries, *(layout.network_etc_entries if share_network else ()))
+    for path in etc:
         args += ["--ro-bind", path, path]
     return args
 

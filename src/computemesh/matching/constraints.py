@@ -61,6 +61,12 @@ def _executor(need: Requirement, offer: Advertisement, provider: str, free: Amou
     return f"executor: {wanted} not offered (offers {', '.join(offer.executors) or 'none'})"
 
 
+def _network(need: Requirement, offer: Advertisement, provider: str, free: Amounts) -> str | None:
+    if offer.network:
+        return None
+    return "network: the job needs network access, the node does not allow it"
+
+
 def _amount_reason(name: str, unit: str, wanted: float, available: float, total: float) -> str:
     if wanted > total:
         return f"{name}: needs {wanted:g}{unit}, node has {total:g}{unit}"
@@ -213,6 +219,7 @@ def _pinned(need: Requirement, offer: Advertisement, provider: str, free: Amount
 
 CHECKS: dict[str, Check] = {
     "executor": _executor,
+    "network": _network,
     "cpu": _amount_check(0, "cpu", ""),
     "memory": _amount_check(1, "memory", " MB"),
     "gpu": _amount_check(3, "gpu", ""),

@@ -98,6 +98,10 @@ def _executor(index: NodeIndex, need: Requirement, free: Capacity) -> Mask:
     return index.offers[code, : index.size]
 
 
+def _network(index: NodeIndex, need: Requirement, free: Capacity) -> Mask:
+    return index.network[: index.size]
+
+
 def _amount(position: int) -> MaskFunction:
     def mask(index: NodeIndex, need: Requirement, free: Capacity) -> Mask:
         fits: Mask = free[position] >= need.amounts[position]
@@ -177,6 +181,7 @@ def _pinned(index: NodeIndex, need: Requirement, free: Capacity) -> Mask:
 
 MASKS: dict[str, MaskFunction] = {
     "executor": _executor,
+    "network": _network,
     "cpu": _amount(0),
     "memory": _amount(1),
     "gpu": _amount(3),

@@ -90,6 +90,8 @@ class NodeIndex:
         """Advertised free capacity minus reservations, never below zero."""
         self.offers = np.zeros((MAX_EXECUTOR_KINDS, 0), dtype=np.bool_)
         """``offers[code, row]``: the node offers the executor with that vocabulary code."""
+        self.network = np.zeros(0, dtype=np.bool_)
+        """The node gives network access to jobs that declare they need it."""
         self.architecture = np.zeros(0, dtype=np.int32)
         self.region = np.zeros(0, dtype=np.int32)
         self.country = np.zeros(0, dtype=np.int32)
@@ -312,6 +314,7 @@ class NodeIndex:
         self.offers[:, row] = False
         for name in offer.executors:
             self.offers[self.executors.code(name), row] = True
+        self.network[row] = offer.network
         self.architecture[row] = self.architectures.code(hardware.architecture)
         self.region[row] = self.regions.code(offer.region)
         self.country[row] = self.countries.code(offer.country)
@@ -367,6 +370,7 @@ _FILLS: dict[str, object] = {
     "reserved": 0.0,
     "free": 0.0,
     "offers": False,
+    "network": False,
     "architecture": -1,
     "region": -1,
     "country": -1,

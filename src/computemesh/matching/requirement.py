@@ -14,6 +14,7 @@ from computemesh.models.job import JobSpec, Preferences, compute_capability_valu
 
 CHECK_ORDER = (
     "executor",
+    "network",
     "cpu",
     "memory",
     "gpu",
@@ -54,6 +55,7 @@ class Filters(NamedTuple):
     """The hard constraints other than amounts; empty accept lists accept anything."""
 
     executor: str
+    network: bool
     gpu: GpuNeed | None
     regions: tuple[str, ...]
     exclude_regions: tuple[str, ...]
@@ -101,7 +103,7 @@ class Requirement(NamedTuple):
         gpu = _gpu_need(spec) if gpus else None
         given = rules.model_fields_set
         if given <= _ONLY_PREFERENCES:
-            filters = Filters(spec.executor, gpu, *_NO_RULES)
+            filters = Filters(spec.executor, spec.network, gpu, *_NO_RULES)
         else:
             filters = _filters(spec, gpu)
         weights = _DEFAULT_WEIGHTS
@@ -114,6 +116,7 @@ class Requirement(NamedTuple):
         """The names of the checks this requirement sets, in ``CHECK_ORDER``."""
         rules = self.filters
         optional = {
+            "network": rules.network,
             "gpu": self.amounts[3] > 0,
             "gpu_spec": rules.gpu is not None,
             "region": bool(rules.regions or rules.exclude_regions),
@@ -133,6 +136,7 @@ def _filters(spec: JobSpec, gpu: GpuNeed | None) -> Filters:
     rules = spec.constraints
     return Filters(
         executor=spec.executor,
+        network=spec.network,
         gpu=gpu,
         regions=tuple(rules.regions),
         exclude_regions=tuple(rules.exclude_regions),

@@ -229,6 +229,7 @@ def constraint_contradictions(rules: Constraints) -> list[str]:
 
 
 PYTHON_VERSION_PATTERN = r"^3\.[0-9]{1,2}$"
+PACKAGE_NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
 PACKAGE_REQUIREMENT_PATTERN = (
     r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?(?:==[A-Za-z0-9][A-Za-z0-9.+!_-]{0,62})?$"
 )
@@ -312,6 +313,8 @@ class VerificationSpec(_Strict):
 
 
 MIN_CHECKPOINT_INTERVAL_S = 0.1
+NETWORK_EXECUTORS = ("process", "docker")
+"""The executors whose jobs may declare ``network``."""
 IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/:@-]{0,254}$"
 
 
@@ -414,8 +417,22 @@ class JobSpec(_Strict):
 
     runtime: RuntimeSpec | None = Field(
         default=None,
-        description="The Python runtime the job needs; the onnx executor offers one.",
+        description="The Python runtime the job needs; the process and onnx executors offer one.",
     )
+
+    network: bool = Field(
+        default=False,
+        description="The job needs network access (process and docker jobs only); only "
+        "providers that allow it bid, and every other job runs with no network.",
+    )
+
+    @model_validator(mode="after")
+    def _network_needs_native(self) -> Self:
+        if self.network and self.executor not in NETWORK_EXECUTORS:
+            raise ValueError(
+                f"network applies to the {' and '.join(NETWORK_EXECUTORS)} executors only"
+            )
+        return self
 
     verification: VerificationSpec | None = Field(
         default=None,

@@ -85,6 +85,9 @@ class Advertisement(_Wire):
         max_length=64,
         description='Runtimes jobs can use: "python3.11", "python3.11/numpy==2.4.6".',
     )
+    network: bool = Field(
+        default=False, description="Jobs that declare network get network access here."
+    )
 
 
 class Heartbeat(_Wire):

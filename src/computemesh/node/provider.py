@@ -150,6 +150,7 @@ class ProviderNode:
             free=self.ledger.free(),
             version=__version__,
             runtimes=offered_runtimes(self.executors),
+            network=self.settings.allow_network,
             latency_ms=self.latency.latency_ms(),
         )
 
@@ -357,6 +358,8 @@ class ProviderNode:
             checkpointing=spec.checkpoint is not None,
             restore=restore,
             image=spec.image,
+            network=spec.network,
+            runtime=spec.runtime,
         )
 
     def _job_result(

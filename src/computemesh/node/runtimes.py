@@ -5,20 +5,21 @@ from ``executor.python_runtime`` such as ``python3.11`` and ``python3.11/numpy==
 The node advertises the union of its executors' labels.
 
 A job's ``runtime`` (``{python: "3.11", packages: ["numpy", "onnxruntime==1.31.1"]}``)
-must be met by the executor the job names, not merely by some executor of the node:
-the ``process`` executor binds no runtime, so a process job that declares one is refused
-rather than started without its packages. Package names compare as package indexes
-compare them (case, ``-``, ``_`` and ``.`` do not matter); a pinned version must match
-exactly.
+must be met by the executor the job names, not merely by some executor of the node: a
+job is refused rather than started without its packages. The ``onnx`` executor binds
+its runtime for every job; the ``process`` executor binds one (when the node offers it)
+for the jobs that declare it. ``unmet_runtime`` (in ``executor.python_runtime``, which
+executors check again in ``prepare``) compares: package names as package indexes do
+(case, ``-``, ``_`` and ``.`` do not matter); a pinned version must match exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
-from computemesh.executor.python_runtime import normalize_package_name, parse_offer
-from computemesh.models.job import JobSpec, RuntimeSpec
+from computemesh.executor.python_runtime import unmet_runtime
+from computemesh.models.job import JobSpec
 
 
 @runtime_checkable
@@ -49,31 +50,3 @@ def runtime_refusals(spec: JobSpec, executors: Mapping[str, object]) -> list[str
     if spec.runtime is None or executor is None:
         return []
     return unmet_runtime(spec.runtime, executor_runtimes(executor), spec.executor)
-
-
-def unmet_runtime(wanted: RuntimeSpec, labels: Sequence[str], executor: str) -> list[str]:
-    """One sentence per part of ``wanted`` that ``labels`` (of ``executor``) lack."""
-    packages: dict[str, str] = {}
-    pythons: set[str] = set()
-    for label in labels:
-        parsed = parse_offer(label)
-        if parsed is None:
-            continue
-        python, package, version = parsed
-        pythons.add(python)
-        if python == wanted.python and package is not None and version is not None:
-            packages[package] = version
-    if wanted.python not in pythons:
-        offered = ", ".join(f"python {v}" for v in sorted(pythons)) or "no runtime"
-        return [
-            f"runtime: python {wanted.python} not offered by the {executor} executor ({offered})"
-        ]
-    reasons = []
-    for requirement in wanted.packages:
-        name, _, version = requirement.partition("==")
-        have = packages.get(normalize_package_name(name))
-        if have is None:
-            reasons.append(f"runtime: package {name} not offered with python {wanted.python}")
-        elif version and have != version:
-            reasons.append(f"runtime: package {name}=={version} wanted, {have} offered")
-    return reasons

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from computemesh.models.job import REGION_PATTERN
+from computemesh.models.job import PACKAGE_NAME_PATTERN, REGION_PATTERN
 from computemesh.node.faults import parse_fault
 from computemesh.node.latency import ProbeSettings
 
@@ -18,6 +19,17 @@ class NodeSettings(BaseModel):
     region: str = Field(default="local", pattern=REGION_PATTERN)
     price_per_cpu_hour: float = Field(default=0.10, ge=0)
     sandbox: bool = True
+    allow_network: bool = Field(
+        default=False, description="Give network access to jobs that declare they need it."
+    )
+    process_python_packages: tuple[Annotated[str, Field(pattern=PACKAGE_NAME_PATTERN)], ...] = (
+        Field(
+            default=("numpy",),
+            max_length=32,
+            description="Python packages (with what they require) offered to process jobs "
+            "that declare a runtime; empty: no runtime.",
+        )
+    )
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     advertise_interval_s: float = Field(default=30.0, gt=0)
     max_inline_output_bytes: int = Field(default=256 * 1024, ge=0)
