@@ -17,7 +17,7 @@ from computemesh.models.errors import MeshError
 from computemesh.models.job import REGION_PATTERN
 from computemesh.orchestrator import Orchestrator, OrchestratorSettings
 from computemesh.orchestrator.verify_flow import VerificationSettings, consumer_verification
-from computemesh.settlement import SqliteLedger
+from computemesh.settlement import Ledger
 from computemesh.store import JobRepository, open_database, sqlite_url
 from computemesh.transport import NatsTransport
 
@@ -122,7 +122,7 @@ async def consumer_session(
             await transport.close()
 
 
-def _arbiter_ledger(ledger: SqliteLedger | None, did: str) -> SqliteLedger | None:
+def _arbiter_ledger(ledger: Ledger | None, did: str) -> Ledger | None:
     """``ledger`` when ``did`` may sign the fraud records it slashes on, else None."""
     return ledger if ledger is not None and did in ledger.settings.arbiters else None
 

@@ -4,6 +4,8 @@ $CMESH_HOME (default ~/.computemesh)
 ├── identity.json          this user's key (see identity.keystore for the format)
 ├── consumer.db            the consumer's jobs (SQLite)
 ├── ledger.db              the embedded ledger (a local mesh's is shared with its nodes)
+├── ledger.json            which ledger backend to settle on, when not the embedded one
+├── ledger-receipts.db     receipts issued by this home's chain client (EVM backend)
 └── mesh/                  a local mesh started by `cmesh up`
     ├── state.json         NATS url and pid, node pids and homes
     ├── nats/              nats-server's JetStream store
@@ -43,6 +45,14 @@ class MeshHome:
     @property
     def ledger_db(self) -> Path:
         return self.root / "ledger.db"
+
+    @property
+    def ledger_config(self) -> Path:
+        return self.root / "ledger.json"
+
+    @property
+    def ledger_receipts(self) -> Path:
+        return self.root / "ledger-receipts.db"
 
     @property
     def treasury_home(self) -> Path:

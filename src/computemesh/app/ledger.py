@@ -1,7 +1,9 @@
-"""The mesh's embedded ledger: where it lives, who writes it, and the local faucet.
+"""The ledger a home settles on: which backend, where it lives, who writes it, the faucet.
 
-A home's ledger is ``<home>/ledger.db`` (``MeshHome.ledger_db``). A local mesh (`cmesh up`,
-`cmesh demo`) creates it when it comes up, if it is missing:
+``open_home_ledger`` is the one place a backend is picked: the EVM backend when the home's
+``ledger.json`` names it (``app.ledger_config``), else the embedded ledger
+``<home>/ledger.db`` (``MeshHome.ledger_db``). A local mesh (`cmesh up`, `cmesh demo`) on
+the embedded backend creates it when it comes up, if it is missing:
 
 - its author is the home's identity, the consumer that locks, releases and refunds;
 - its one arbiter is that same identity: the local consumer judges results, so the fraud
@@ -14,7 +16,14 @@ A home's ledger is ``<home>/ledger.db`` (``MeshHome.ledger_db``). A local mesh (
 **The local faucet.** On a local mesh nobody has bought credits, so a consumer session
 tops its own account up to ``LOCAL_FAUCET_CREDITS`` with a deposit whose id starts with
 ``local-faucet:``. This exists for the local development network only: a consumer on a
-ledger of a mesh it did not bring up itself is never funded this way.
+ledger of a mesh it did not bring up itself is never funded this way, nor is any account
+on a chain.
+
+**On a chain.** The home's chain account is derived from its identity
+(``account_from_identity``) and is its own operator: deposits pull its tokens. A local
+mesh on the EVM backend passes no ledger to its nodes: they do not check escrow before
+countersigning, and each provider must have bound its account (`cmesh ledger init
+--backend evm` in its own home) before a consumer can lock escrow for it.
 """
 
 from __future__ import annotations
@@ -23,10 +32,13 @@ import logging
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from computemesh.app.home import ENV_LEDGER, MeshHome
+from computemesh.app.ledger_config import EvmLedgerConfig, bad_config, load_ledger_config
 from computemesh.identity import Identity, load_or_create_identity
 from computemesh.settlement import (
+    Ledger,
     LedgerSettings,
     Receipt,
     SettlementError,
@@ -34,6 +46,10 @@ from computemesh.settlement import (
     credits_to_units,
     format_credits,
 )
+from computemesh.settlement.bindings import account_from_identity, bind_account
+
+if TYPE_CHECKING:
+    from computemesh.settlement.evm import EvmLedger
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +64,11 @@ def local_ledger_settings(home: MeshHome, author: Identity) -> LedgerSettings:
     return LedgerSettings(treasury=treasury.did, arbiters=frozenset({author.did}))
 
 
-def create_local_ledger(home: MeshHome) -> Path:
-    """The local mesh's ledger file, created (authored by the home's identity) if missing."""
+def create_local_ledger(home: MeshHome) -> Path | None:
+    """The local mesh's ledger file, created (authored by the home's identity) if missing;
+    None when the home settles on a chain (its nodes then get no ledger)."""
+    if load_ledger_config(home).evm is not None:
+        return None
     home.ensure()
     if not home.ledger_db.exists():
         author = load_or_create_identity(home.root)
@@ -67,6 +86,48 @@ def open_ledger(path: Path, identity: Identity) -> SqliteLedger:
     return SqliteLedger.open(path, identity)
 
 
+def open_home_ledger(home: MeshHome, identity: Identity, *, path: Path | None = None) -> Ledger:
+    """The ledger ``home`` settles on, signing as ``identity``: the embedded ledger at
+    ``path`` when given, else the backend ``<home>/ledger.json`` names, else the embedded
+    ``<home>/ledger.db``.
+
+    Raises ``SettlementError``: ``no_ledger`` (no embedded ledger file),
+    ``bad_ledger_config``, ``chain_unreachable`` or ``wrong_chain`` (the configured chain).
+    """
+    if path is not None:
+        return open_ledger(path, identity)
+    config = load_ledger_config(home)
+    if config.evm is not None:
+        return open_evm_ledger(config.evm, identity, receipts=home.ledger_receipts)
+    return open_ledger(home.ledger_db, identity)
+
+
+def open_evm_ledger(config: EvmLedgerConfig, identity: Identity, *, receipts: Path) -> EvmLedger:
+    """A client of ``config``'s deployment acting for ``identity``'s derived account, its
+    receipts kept in the SQLite file ``receipts``; ``bad_ledger_config`` when no settlement
+    contract is deployed at the configured address."""
+    from computemesh.settlement.chain import connect
+    from computemesh.settlement.evm import EvmLedger
+    from computemesh.settlement.receipt_store import ReceiptStore
+    from computemesh.settlement.transactions import ChainClient
+
+    w3 = connect(config.chain)
+    if not w3.eth.get_code(w3.to_checksum_address(config.deployment.settlement)):
+        raise bad_config(
+            f"no contract at {config.deployment.settlement} on chain {config.chain.chain_id}",
+            hint="point the config at a deployment of this chain",
+        )
+    account = account_from_identity(identity)
+    client = ChainClient(w3, config.deployment, [account], operator=account)
+    store = ReceiptStore(f"sqlite:///{receipts}")
+    return EvmLedger(client, author=identity, settings=config.settings, store=store)
+
+
+def bind_own_account(ledger: EvmLedger, identity: Identity) -> Receipt:
+    """Bind ``identity``'s DID to its derived chain account (idempotent; costs gas once)."""
+    return ledger.bind_account(bind_account(identity, account_from_identity(identity)))
+
+
 def node_ledger_path(explicit: Path | None = None) -> Path | None:
     """The ledger a node checks escrow on: ``explicit``, else ``$CMESH_LEDGER``, else none."""
     if explicit is not None:
@@ -75,11 +136,15 @@ def node_ledger_path(explicit: Path | None = None) -> Path | None:
     return Path(from_env) if from_env else None
 
 
-def consumer_ledger(home: MeshHome, identity: Identity) -> SqliteLedger | None:
-    """The home's ledger for its consumer session, None when the home has none.
+def consumer_ledger(home: MeshHome, identity: Identity) -> Ledger | None:
+    """The home's ledger for its consumer session (``open_home_ledger``), None when the
+    home has none.
 
-    When this home runs a local mesh, the consumer's account is topped up by the faucet.
+    When this home runs a local mesh on the embedded ledger, the consumer's account is
+    topped up by the faucet.
     """
+    if load_ledger_config(home).evm is not None:
+        return open_home_ledger(home, identity)
     if not home.ledger_db.is_file():
         return None
     ledger = open_ledger(home.ledger_db, identity)
@@ -89,7 +154,7 @@ def consumer_ledger(home: MeshHome, identity: Identity) -> SqliteLedger | None:
 
 
 def fund_from_local_faucet(
-    ledger: SqliteLedger, did: str, *, credits: int = LOCAL_FAUCET_CREDITS
+    ledger: Ledger, did: str, *, credits: int = LOCAL_FAUCET_CREDITS
 ) -> Receipt | None:
     """Top ``did``'s available balance up to ``credits`` (local network only); None when
     it holds that much already."""

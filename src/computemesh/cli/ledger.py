@@ -1,6 +1,8 @@
 """`cmesh wallet` (balances, stake, history) and `cmesh ledger` (init, verify).
 
-Both work on the embedded ledger, ``$CMESH_HOME/ledger.db`` unless ``--ledger PATH``.
+Both work on the ledger the home settles on (``app.ledger.open_home_ledger``): the
+backend `cmesh ledger init --backend evm` configured, else the embedded ledger
+``$CMESH_HOME/ledger.db``; ``--ledger PATH`` names an embedded ledger file instead.
 Amounts are typed and shown in credits (six decimals) and kept as integer units.
 """
 
@@ -13,10 +15,19 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from computemesh.app.ledger import bind_own_account, open_evm_ledger, open_home_ledger
+from computemesh.app.ledger_config import (
+    BACKENDS,
+    EvmLedgerConfig,
+    bad_config,
+    chain_of,
+    save_ledger_config,
+)
 from computemesh.cli.context import home_of
 from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
-from computemesh.identity import load_or_create_identity
+from computemesh.identity import Identity, load_or_create_identity
 from computemesh.settlement import (
+    Ledger,
     LedgerSettings,
     Receipt,
     SettlementError,
@@ -24,13 +35,20 @@ from computemesh.settlement import (
     credits_to_units,
     format_credits,
 )
+from computemesh.settlement.amounts import Split, parse_split
+from computemesh.settlement.bindings import account_from_identity
 
 wallet_app = typer.Typer(
     help="Your balances, stake and history on the ledger.", no_args_is_help=True
 )
-ledger_app = typer.Typer(help="The embedded ledger: create it, verify it.", no_args_is_help=True)
+ledger_app = typer.Typer(
+    help="The ledger: choose and create it (embedded or on a chain), verify it.",
+    no_args_is_help=True,
+)
 
-LedgerOption = typer.Option(None, "--ledger", help="Ledger file (default: <home>/ledger.db).")
+LedgerOption = typer.Option(
+    None, "--ledger", help="Embedded ledger file (default: the home's configured ledger)."
+)
 JsonOption = typer.Option(False, "--json", help="Print one JSON object.")
 
 
@@ -38,21 +56,20 @@ def _ledger_path(ctx: typer.Context, explicit: Path | None) -> Path:
     return explicit if explicit is not None else home_of(ctx).ledger_db
 
 
-def _open(ctx: typer.Context, explicit: Path | None) -> SqliteLedger:
-    path = _ledger_path(ctx, explicit)
-    if not path.exists():
-        raise SettlementError(
-            f"no ledger at {path}", code="no_ledger", hint="create one with `cmesh ledger init`"
-        )
+def _open(ctx: typer.Context, explicit: Path | None) -> Ledger:
     home = home_of(ctx)
     home.ensure()
-    return SqliteLedger.open(path, load_or_create_identity(home.root))
+    return open_home_ledger(home, load_or_create_identity(home.root), path=explicit)
+
+
+def _own_identity(ctx: typer.Context) -> Identity:
+    home = home_of(ctx)
+    home.ensure()
+    return load_or_create_identity(home.root)
 
 
 def _own_did(ctx: typer.Context) -> str:
-    home = home_of(ctx)
-    home.ensure()
-    return load_or_create_identity(home.root).did
+    return _own_identity(ctx).did
 
 
 def receipt_row(receipt: Receipt) -> dict[str, Any]:
@@ -70,31 +87,110 @@ def receipt_row(receipt: Receipt) -> dict[str, Any]:
 @ledger_app.command("init")
 def init(
     ctx: typer.Context,
+    backend: str = typer.Option("sqlite", "--backend", help="sqlite (embedded) or evm."),
     treasury: str | None = typer.Option(None, "--treasury", help="Treasury DID (default: you)."),
     arbiter: list[str] = typer.Option([], "--arbiter", help="DID allowed to sign fraud records."),
     verifier: list[str] = typer.Option([], "--verifier", help="DID trusted to attest results."),
+    split: str | None = typer.Option(
+        None, "--split", help="PROVIDER/TREASURY/CREATOR percent, adding up to 100 (80/15/5)."
+    ),
+    rpc_url: str | None = typer.Option(None, "--rpc-url", help="evm: the chain's JSON-RPC URL."),
+    chain: str | None = typer.Option(None, "--chain", help="evm: ethereum, base, local, ..."),
+    chain_id: int | None = typer.Option(None, "--chain-id", help="evm: the chain's id."),
+    deployment: Path | None = typer.Option(
+        None, "--deployment", help="evm: JSON of the settlement contract's deployment."
+    ),
     ledger: Path | None = LedgerOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Create an embedded ledger written by this home's identity."""
+    """Choose this home's ledger: create an embedded one, or settle on an EVM chain.
+
+    With ``--backend evm`` the chain and deployment are checked, this home's chain
+    account (derived from its identity; it needs gas) is bound to its DID, and the
+    choice is kept in ``<home>/ledger.json`` for `cmesh wallet` and the mesh.
+    """
     with reported_errors(as_json=as_json):
-        path = _ledger_path(ctx, ledger)
-        if path.exists():
-            raise SettlementError(f"{path} exists already", code="ledger_exists")
         home = home_of(ctx)
-        home.ensure()
-        identity = load_or_create_identity(home.root)
-        settings = LedgerSettings(
+        if backend not in BACKENDS:
+            raise bad_config(f"unknown ledger backend {backend!r}", hint=f"one of {BACKENDS}")
+        if home.ledger_config.exists():
+            raise SettlementError(
+                f"{home.ledger_config} exists already: this home has chosen its ledger",
+                code="ledger_exists",
+            )
+        chain_options = {"--rpc-url": rpc_url, "--chain": chain, "--chain-id": chain_id}
+        identity = _own_identity(ctx)
+        rules = LedgerSettings(
             treasury=treasury or identity.did,
+            split=parse_split(split) if split else Split(),
             arbiters=frozenset(arbiter),
             verifiers=frozenset(verifier),
         )
-        opened = SqliteLedger.open(path, identity, settings)
-        data = {"ledger": str(path), "ledger_id": opened.ledger_id, **settings.to_dict()}
+        if backend == "sqlite":
+            given = [name for name, value in chain_options.items() if value is not None]
+            if given or deployment is not None:
+                raise bad_config(f"{given or ['--deployment']} only apply to --backend evm")
+            data = _init_sqlite(_ledger_path(ctx, ledger), identity, rules)
+        else:
+            if rpc_url is None or deployment is None or ledger is not None:
+                raise bad_config(
+                    "--backend evm needs --rpc-url, --chain or --chain-id, and --deployment"
+                    " (and no --ledger)"
+                )
+            chain_settings = chain_of(rpc_url, name=chain, chain_id=chain_id)
+            config = EvmLedgerConfig(
+                chain=chain_settings,
+                deployment=_load_deployment(deployment),
+                settings=rules if split else _with_split(rules, deployment),
+            )
+            data = _init_evm(ctx, config, identity)
         if as_json:
             emit_json(data)
         else:
-            console.print(f"created {path} (ledger {opened.ledger_id[:16]})", highlight=False)
+            console.print(f"created the {backend} ledger: {data['ledger']}", highlight=False)
+
+
+def _init_sqlite(path: Path, identity: Identity, rules: LedgerSettings) -> dict[str, Any]:
+    if path.exists():
+        raise SettlementError(f"{path} exists already", code="ledger_exists")
+    opened = SqliteLedger.open(path, identity, rules)
+    return {
+        "backend": "sqlite",
+        "ledger": str(path),
+        "ledger_id": opened.ledger_id,
+        **rules.to_dict(),
+    }
+
+
+def _load_deployment(path: Path) -> Any:
+    from computemesh.settlement.chain import Deployment
+
+    try:
+        return Deployment.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise bad_config(f"cannot read the deployment {path}: {exc!r}") from exc
+
+
+def _with_split(rules: LedgerSettings, deployment: Path) -> LedgerSettings:
+    """``rules`` with the deployment's split (a deployment fixes its split)."""
+    split = _load_deployment(deployment).split
+    return LedgerSettings(rules.treasury, split, rules.arbiters, rules.verifiers)
+
+
+def _init_evm(ctx: typer.Context, config: EvmLedgerConfig, identity: Identity) -> dict[str, Any]:
+    home = home_of(ctx)
+    ledger = open_evm_ledger(config, identity, receipts=home.ledger_receipts)
+    binding = bind_own_account(ledger, identity)
+    save_ledger_config(home, config)
+    return {
+        "backend": "evm",
+        "ledger": f"chain {config.chain.chain_id} contract {config.deployment.settlement}",
+        "config": str(home.ledger_config),
+        "chain_id": config.chain.chain_id,
+        "settlement": config.deployment.settlement,
+        "address": binding.body["address"],
+        **config.settings.to_dict(),
+    }
 
 
 @ledger_app.command("verify")
@@ -103,7 +199,14 @@ def verify(
 ) -> None:
     """Check every entry's signature, the hash chain, double entry and the balances."""
     with reported_errors(as_json=as_json):
-        report = _open(ctx, ledger).verify()
+        opened = _open(ctx, ledger)
+        if not isinstance(opened, SqliteLedger):
+            raise SettlementError(
+                "`cmesh ledger verify` checks an embedded ledger; this home settles on a chain",
+                code="not_supported",
+                hint="check a receipt against the chain instead, or pass --ledger FILE",
+            )
+        report = opened.verify()
         if as_json:
             emit_json(report.to_dict())
         elif report.ok:
@@ -140,6 +243,18 @@ def balance(
             *(format_credits(v) for v in (result.available, result.escrowed, result.staked))
         )
         console.print(table)
+
+
+@wallet_app.command("address")
+def address(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """This home's chain account (derived from its identity): fund it with gas on a chain."""
+    with reported_errors(as_json=as_json):
+        identity = _own_identity(ctx)
+        account = account_from_identity(identity).address
+        if as_json:
+            emit_json({"did": identity.did, "address": account})
+        else:
+            console.print(account, highlight=False)
 
 
 @wallet_app.command("history")

@@ -102,3 +102,35 @@ class Split:
             "treasury_bps": self.treasury_bps,
             "creator_bps": self.creator_bps,
         }
+
+
+def parse_split(text: str) -> Split:
+    """``PROVIDER/TREASURY/CREATOR`` in percent (e.g. ``80/15/5``, ``70.5/25/4.5``) as a
+    ``Split``. Raises ``SettlementError`` (``bad_split``) unless there are three
+    non-negative parts, each a whole number of basis points, adding up to 100 %."""
+    parts = text.split("/")
+    if len(parts) != 3:
+        raise SettlementError(
+            f"a split is PROVIDER/TREASURY/CREATOR in percent, e.g. 80/15/5; got {text!r}",
+            code="bad_split",
+        )
+    try:
+        percents = [Decimal(part.strip()) for part in parts]
+    except InvalidOperation as exc:
+        raise SettlementError(
+            f"a split's parts are numbers, got {text!r}", code="bad_split"
+        ) from exc
+    bps = [percent * BPS / 100 for percent in percents]
+    if any(not b.is_finite() or b < 0 or b != b.to_integral_value() for b in bps):
+        raise SettlementError(
+            f"each part of a split is a non-negative percentage with at most two decimals,"
+            f" got {text!r}",
+            code="bad_split",
+        )
+    if sum(percents) != 100:
+        raise SettlementError(
+            f"a split's parts add up to 100 %, {text!r} adds up to {sum(percents)} %",
+            code="bad_split",
+        )
+    provider, treasury, creator = (int(b) for b in bps)
+    return Split(provider_bps=provider, treasury_bps=treasury, creator_bps=creator)

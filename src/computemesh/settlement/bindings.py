@@ -3,10 +3,14 @@
 A binding is a ``chain-account`` document signed by the DID over ``{"did", "address"}``,
 plus the address's EIP-191 (``personal_sign``) signature over the same signed document's
 canonical bytes. Neither key alone can claim the other's account.
+
+A home's own chain account is derived from its DID's seed (``account_from_identity``:
+BLAKE2b keyed with ``computemesh/evm/account/v1``), so the one key file holds both keys.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +23,7 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
 BINDING_KIND = "chain-account"
+ACCOUNT_KEY_DOMAIN = b"computemesh/evm/account/v1"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,15 @@ class AccountBinding:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SettlementError(f"not an account binding: {exc}", code="bad_binding") from exc
+
+
+def account_from_identity(identity: Identity) -> LocalAccount:
+    """The EVM account derived from ``identity``'s seed (see the module docstring)."""
+    from eth_account import Account
+
+    key = hashlib.blake2b(identity.seed, key=ACCOUNT_KEY_DOMAIN, digest_size=32).digest()
+    account: LocalAccount = Account.from_key(key)
+    return account
 
 
 def bind_account(identity: Identity, account: LocalAccount) -> AccountBinding:

@@ -72,6 +72,10 @@ class EvmLedger:
         return self._settings.treasury
 
     @property
+    def settings(self) -> LedgerSettings:
+        return self._settings
+
+    @property
     def client(self) -> ChainClient:
         return self._client
 

@@ -19,6 +19,7 @@ from computemesh.settlement.records import (
     FraudRecord,
     VerifiedResult,
 )
+from computemesh.settlement.settings import LedgerSettings
 
 
 @runtime_checkable
@@ -55,6 +56,11 @@ class Ledger(Protocol):
     @property
     def treasury(self) -> str:
         """The treasury's DID."""
+        ...
+
+    @property
+    def settings(self) -> LedgerSettings:
+        """The network's rules: treasury, split, arbiters and verifiers."""
         ...
 
     def bind_account(self, binding: AccountBinding) -> Receipt:
