@@ -68,5 +68,8 @@ class FakeExecutor:
     async def cleanup(self, handle: FakeHandle) -> None:
         return None
 
+    async def usage(self, handle: FakeHandle) -> ResourceUsage:
+        return ResourceUsage(wall_s=0.0, cpu_s=0.0, max_rss_kb=0)
+
     async def checkpoint(self, handle: FakeHandle) -> bytes:
         raise ExecutionError("this executor keeps no checkpoints", code="no_checkpoint")

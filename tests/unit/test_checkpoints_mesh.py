@@ -124,6 +124,9 @@ class CountingExecutor:
         handle.state = "cleaned"
         self.jobs.pop(handle, None)
 
+    async def usage(self, handle: ExecutionHandle) -> ResourceUsage:
+        return ResourceUsage(wall_s=0.0, cpu_s=0.0, max_rss_kb=0)
+
     async def checkpoint(self, handle: ExecutionHandle) -> bytes:
         return await snapshot(handle)
 
@@ -279,6 +282,7 @@ async def test_checkpoint_from_a_stranger_is_not_stored(mesh: Mesh) -> None:
         sha256=hashlib.sha256(archive).hexdigest(),
         size=len(archive),
         created_at_ms=0,
+        usage=ResourceUsage(wall_s=1.0, cpu_s=1.0, max_rss_kb=0),
     )
     payload = checkpoint_payload(sign_checkpoint(stranger, body), archive)
     with pytest.raises(VerificationError, match="does not hold"):

@@ -13,7 +13,7 @@ from computemesh.executor.checkpoint import pack_directory, unpack_archive
 from computemesh.executor.sandbox import SandboxConfig, build_bwrap_argv, detect_host_layout
 from computemesh.identity import Identity
 from computemesh.models.errors import ExecutionError, VerificationError
-from computemesh.models.market import Checkpoint
+from computemesh.models.market import Checkpoint, ResourceUsage
 from computemesh.protocol.checkpoints import checkpoint_payload, sign_checkpoint, verify_checkpoint
 
 
@@ -88,6 +88,7 @@ def signed(archive: bytes) -> tuple[Identity, dict[str, object]]:
         sha256=hashlib.sha256(archive).hexdigest(),
         size=len(archive),
         created_at_ms=1,
+        usage=ResourceUsage(wall_s=1.0, cpu_s=1.0, max_rss_kb=0),
     )
     return provider, checkpoint_payload(sign_checkpoint(provider, body), archive)
 

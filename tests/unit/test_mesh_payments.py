@@ -23,7 +23,7 @@ from computemesh.node.provider import ProviderNode
 from computemesh.node.settings import NodeSettings
 from computemesh.orchestrator import Orchestrator, OrchestratorSettings
 from computemesh.orchestrator.specfile import resolve_inputs
-from computemesh.settlement import LedgerSettings, SqliteLedger, credits_to_units
+from computemesh.settlement import LedgerSettings, SqliteLedger, attest_result, credits_to_units
 from computemesh.settlement.pricing import charge_for_usage
 from computemesh.store import AllocationRepository, JobRepository, open_database
 from computemesh.transport import MemoryHub, MemoryTransport
@@ -205,8 +205,16 @@ async def test_checkpoint_is_paid_and_refund_returns_only_the_rest(paid: PaidMes
         update={"contract_id": "ab" * 16, "job_id": "cd" * 16}
     )
     payments.lock(terms, spec)
-    checkpoint = {"kind": "checkpoint", "body": {"step": 1}, "signer": "x", "signature": "y"}
-    paid_receipt = payments.release_checkpoint(terms, checkpoint, 400)
+    checkpoint_id = "c" * 64
+    paid_receipt = paid.ledger.release(
+        attest_result(
+            paid.consumer,
+            contract_id=terms.contract_id,
+            result_id=checkpoint_id,
+            amount=400,
+            final=False,
+        )
+    )
     refund = payments.refund(terms.contract_id)
     assert refund is not None
     locked = credits_to_units(terms.max_charge)

@@ -186,6 +186,13 @@ class Executor(Protocol):
         """Stop the job if it still runs and remove its work directory; idempotent."""
         ...
 
+    async def usage(self, handle: ExecutionHandle) -> ResourceUsage:
+        """The resources the run has used so far: wall time since it started and the CPU
+        time of everything it runs, as metered for billing (what a checkpoint is signed
+        with). Zero before ``start``; once the job ended, its result's usage.
+        """
+        ...
+
     async def checkpoint(self, handle: ExecutionHandle) -> bytes:
         """The deterministic archive of the job's checkpoint directory, as it is now.
 

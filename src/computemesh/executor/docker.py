@@ -203,6 +203,15 @@ class DockerExecutor:
         await asyncio.to_thread(remove_tree, handle.job_dir)
         handle.state = "cleaned"
 
+    async def usage(self, handle: ExecutionHandle) -> ResourceUsage:
+        if handle in self._results:
+            return self._results[handle].usage
+        container = self._containers.get(handle)
+        started = self._started.get(handle)
+        if container is None or started is None:
+            return ResourceUsage(wall_s=0.0, cpu_s=0.0, max_rss_kb=0)
+        return await asyncio.to_thread(_stats_usage, container, time.monotonic() - started)
+
     async def checkpoint(self, handle: ExecutionHandle) -> bytes:
         return await snapshot(handle)
 

@@ -57,6 +57,7 @@ from computemesh.executor.onnx_signature import ModelSignature
 from computemesh.executor.process import ProcessExecutor
 from computemesh.executor.python_runtime import PythonRuntime, resolve_python_runtime
 from computemesh.models.errors import ExecutionError
+from computemesh.models.market import ResourceUsage
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,9 @@ class OnnxExecutor:
 
     async def cleanup(self, handle: ExecutionHandle) -> None:
         await self.process.cleanup(handle)
+
+    async def usage(self, handle: ExecutionHandle) -> ResourceUsage:
+        return await self.process.usage(handle)
 
     async def checkpoint(self, handle: ExecutionHandle) -> bytes:
         return await self.process.checkpoint(handle)

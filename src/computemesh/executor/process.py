@@ -101,6 +101,7 @@ from computemesh.executor.workdir import (
     write_inputs,
 )
 from computemesh.models.errors import ExecutionError
+from computemesh.models.market import ResourceUsage
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,19 @@ class ProcessExecutor:
             await asyncio.to_thread(group.remove)
         await asyncio.to_thread(remove_tree, handle.job_dir)
         handle.state = "cleaned"
+
+    async def usage(self, handle: ExecutionHandle) -> ResourceUsage:
+        run = self._runs.get(handle)
+        if run is None:
+            return ResourceUsage(wall_s=0.0, cpu_s=0.0, max_rss_kb=0)
+        if run.result is not None:
+            return run.result.usage
+        ended = run.exit.future
+        if ended.done():
+            if ended.cancelled() or ended.exception() is not None:
+                return ResourceUsage(wall_s=0.0, cpu_s=0.0, max_rss_kb=0)
+            return usage_from(ended.result(), run.started)
+        return await asyncio.to_thread(run.usage_so_far)
 
     async def checkpoint(self, handle: ExecutionHandle) -> bytes:
         return await snapshot(handle)

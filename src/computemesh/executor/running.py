@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from computemesh.executor.base import ExecutionResult, OutputCallback, OutputStream
 from computemesh.executor.streams import CappedReader, ChildExit, ExitWatch
+from computemesh.executor.tree_usage import tree_usage
 from computemesh.models.market import ResourceUsage
 
 KILL_GRACE_S = 0.5
@@ -49,6 +50,12 @@ class RunningJob:
     @property
     def exited(self) -> bool:
         return self.exit.future.done()
+
+    def usage_so_far(self) -> ResourceUsage:
+        """Wall time since launch and what the live process tree has used (``/proc``)."""
+        tree = tree_usage(self.popen.pid)
+        wall = max(0.0, time.monotonic() - self.started)
+        return ResourceUsage(wall_s=wall, cpu_s=tree.cpu_s, max_rss_kb=tree.max_rss_kb)
 
     def kill_tree(self) -> None:
         """SIGKILL the whole tree.

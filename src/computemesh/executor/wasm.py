@@ -57,6 +57,7 @@ from computemesh.executor.checkpoint import (
     snapshot,
 )
 from computemesh.executor.streams import TAIL_BYTES
+from computemesh.executor.tree_usage import thread_cpu_seconds
 from computemesh.executor.wasm_cache import ModuleCache
 from computemesh.executor.wasm_module import check_module_shape, new_engine
 from computemesh.executor.wasm_outcome import classify_guest
@@ -107,6 +108,7 @@ class WasmJob:
     timed_out: bool = False
     disk_exceeded: bool = False
     result: ExecutionResult | None = None
+    thread: threading.Thread | None = None
 
 
 class WasmExecutor:
@@ -164,6 +166,7 @@ class WasmExecutor:
             daemon=True,
         )
         thread.start()
+        job.thread = thread
         handle.state = "running"
 
     async def wait(self, handle: ExecutionHandle) -> ExecutionResult:
@@ -199,6 +202,17 @@ class WasmExecutor:
             await _settled(job.future)
         await asyncio.to_thread(remove_tree, handle.job_dir)
         handle.state = "cleaned"
+
+    async def usage(self, handle: ExecutionHandle) -> ResourceUsage:
+        """Wall time and the guest thread's CPU time (``/proc``, while it runs)."""
+        job = self._jobs.get(handle)
+        if job is None or job.thread is None:
+            return ResourceUsage(wall_s=0.0, cpu_s=0.0, max_rss_kb=0)
+        if job.result is not None:
+            return job.result.usage
+        wall = max(0.0, time.monotonic() - job.started)
+        cpu = await asyncio.to_thread(thread_cpu_seconds, job.thread.native_id or 0)
+        return ResourceUsage(wall_s=wall, cpu_s=cpu, max_rss_kb=0)
 
     async def checkpoint(self, handle: ExecutionHandle) -> bytes:
         return await snapshot(handle)

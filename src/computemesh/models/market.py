@@ -185,7 +185,9 @@ class Checkpoint(_Wire):
     """What a provider signs for one snapshot of a job's checkpoint directory.
 
     ``sha256`` and ``size`` describe the archive (a deterministic tar); ``seq`` grows with
-    each snapshot of one contract.
+    each snapshot of one contract; ``usage`` is what this contract's run had used when the
+    snapshot was taken (what the checkpoint is priced by once it proves to be verified
+    progress: ``settlement.pricing``).
     """
 
     contract_id: str = Field(pattern=ID_PATTERN)
@@ -195,6 +197,7 @@ class Checkpoint(_Wire):
     sha256: str = Field(pattern=HEX64)
     size: int = Field(ge=0)
     created_at_ms: int = Field(ge=0)
+    usage: ResourceUsage
 
 
 LogStream = Literal["stdout", "stderr"]

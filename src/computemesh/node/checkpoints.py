@@ -3,7 +3,9 @@
 ``CheckpointPump`` watches one run (an ``executor.base.RunObserver``): every
 ``interval_s`` seconds, and once more when the job has ended or was stopped, it archives
 the job's checkpoint directory; an archive whose sha256 differs from the last one is
-signed as a ``Checkpoint`` document and pushed to the consumer. The bytes it pushed are
+signed as a ``Checkpoint`` document, with the run's usage up to then (the executor's
+``usage``, taken just before the archive so it never counts work the archive lacks), and
+pushed to the consumer. The bytes it pushed are
 metered (``bytes_out``).
 
 ``fetch_restore`` gets the checkpoint a contract names (``resume_from``) from the consumer
@@ -23,7 +25,7 @@ from typing import Any
 from computemesh.executor.base import ExecutionHandle, Executor, OutputStream
 from computemesh.identity import Identity
 from computemesh.models.errors import MeshError, VerificationError
-from computemesh.models.market import Checkpoint, ContractTerms
+from computemesh.models.market import Checkpoint, ContractTerms, ResourceUsage
 from computemesh.protocol.checkpoints import checkpoint_payload, sign_checkpoint, verify_checkpoint
 
 log = logging.getLogger(__name__)
@@ -69,11 +71,12 @@ class CheckpointPump:
         """Archive, sign and push the directory unless it is unchanged; None if skipped."""
         async with self._lock:
             try:
+                usage = await self.executor.usage(handle)
                 archive = await self.executor.checkpoint(handle)
             except MeshError as exc:
                 log.warning("job %s: no checkpoint taken: %s", self.terms.job_id, exc)
                 return None
-            checkpoint = self._statement(archive)
+            checkpoint = self._statement(archive, usage)
             if checkpoint.sha256 == self.last_sha256:
                 return None
             document = sign_checkpoint(self.identity, checkpoint)
@@ -87,7 +90,7 @@ class CheckpointPump:
             self.last_sha256 = checkpoint.sha256
             return checkpoint
 
-    def _statement(self, archive: bytes) -> Checkpoint:
+    def _statement(self, archive: bytes, usage: ResourceUsage) -> Checkpoint:
         return Checkpoint(
             contract_id=self.terms.contract_id,
             job_id=self.terms.job_id,
@@ -96,6 +99,7 @@ class CheckpointPump:
             sha256=hashlib.sha256(archive).hexdigest(),
             size=len(archive),
             created_at_ms=int(time.time() * 1000),
+            usage=usage.model_copy(update={"bytes_out": self.bytes_out + len(archive)}),
         )
 
 

@@ -20,6 +20,7 @@ from computemesh.actor import Inbound
 from computemesh.models.errors import MeshError, VerificationError
 from computemesh.models.market import ContractTerms
 from computemesh.models.validation import parse_model
+from computemesh.orchestrator.progress import CheckpointByDigest
 from computemesh.protocol import verify_contract
 from computemesh.protocol.checkpoints import checkpoint_payload, verify_checkpoint
 from computemesh.store import JobRepository
@@ -39,6 +40,21 @@ class CheckpointDesk:
         """The sha256 of the job's latest checkpoint, None when it has none."""
         latest = self.jobs.checkpoints.latest(job_id)
         return None if latest is None else latest.sha256
+
+    def holds_checkpoint_of(self, job_id: str, contract_id: str) -> bool:
+        """Whether a checkpoint of this contract of the job is stored."""
+        return any(
+            item.contract_id == contract_id for item in self.jobs.checkpoints.for_job(job_id)
+        )
+
+    def document_by_digest(self, job_id: str) -> CheckpointByDigest:
+        """The job's stored checkpoint documents by sha256 (``orchestrator.progress``)."""
+
+        def document(sha256: str) -> dict[str, Any] | None:
+            stored = self.jobs.checkpoints.by_digest(job_id, sha256)
+            return None if stored is None else stored.document
+
+        return document
 
     async def on_checkpoint(self, inbound: Inbound) -> None:
         self.accept(inbound.sender, inbound.payload)

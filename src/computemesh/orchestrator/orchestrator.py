@@ -55,7 +55,7 @@ from computemesh.orchestrator.verify_flow import (
     place_more_replicas,
 )
 from computemesh.protocol import propose_contract, spec_digest, verify_contract
-from computemesh.settlement import Ledger, SettlementError
+from computemesh.settlement import Ledger, Receipt, SettlementError
 from computemesh.store import JobRecord, JobRepository
 
 log = logging.getLogger(__name__)
@@ -691,15 +691,20 @@ class Orchestrator:
         if contract_id is None and not record.is_final:
             self.jobs.set_status(record.job_id, "failed", CANCELLED_BY_CONSUMER)
             self._settle(record.job_id)
+            ended = Outcome(results=[], final=True, status="failed", verified=False, reason="")
+            self.settle(record.job_id, ended)
         done = await asyncio.gather(*(self.cancel_allocation(terms) for terms in contracts))
         for cancellation in done:
             self.jobs.record_event(record.job_id, "cancelled", cancellation.to_dict())
         return list(done)
 
-    async def cancel_allocation(self, terms: Mapping[str, Any]) -> Cancellation:
+    async def cancel_allocation(
+        self, terms: Mapping[str, Any], *, refund: bool = True
+    ) -> Cancellation:
         """Ask the provider of the contract ``terms`` to stop its allocation, return the
-        capacity promised to it and refund its escrow (what verified checkpoints released
-        stays paid). The contract's job is not touched."""
+        capacity promised to it and, with ``refund``, refund its escrow (a relocation keeps
+        the escrow of a contract whose checkpoint the job resumes from until the job is
+        final: ``settle``). The contract's job is not touched."""
         contract_id, provider = str(terms["contract_id"]), str(terms["provider"])
         try:
             reply = await self.actor.request(
@@ -713,11 +718,12 @@ class Orchestrator:
             state = exc.code
         self.view.release(contract_id)
         log.info("contract %s cancelled on %s: %s", contract_id, abbreviate_did(provider), state)
-        return Cancellation(contract_id, provider, state, self._refund(contract_id))
+        refunded = self._refund(contract_id) if refund else False
+        return Cancellation(contract_id, provider, state, refunded)
 
-    def cancel_later(self, terms: Mapping[str, Any]) -> None:
+    def cancel_later(self, terms: Mapping[str, Any], *, refund: bool = True) -> None:
         """``cancel_allocation`` in the background (best effort; ``stop`` ends it)."""
-        task = asyncio.create_task(self.cancel_allocation(terms))
+        task = asyncio.create_task(self.cancel_allocation(terms, refund=refund))
         self._cancels.add(task)
         task.add_done_callback(self._cancels.discard)
 
@@ -769,8 +775,7 @@ class Orchestrator:
                 verified=outcome.verified,
                 reason=outcome.reason,
             )
-            if self.payments is not None:
-                self.payments.settle_outcome(record.contracts, outcome)
+            self.settle(record.job_id, outcome, held=record.contracts)
         else:
             self.jobs.record_outcome(
                 record.job_id,
@@ -787,6 +792,20 @@ class Orchestrator:
             if event is not None:
                 event.set()
         return outcome
+
+    def settle(
+        self, job_id: str, outcome: Outcome, *, held: list[dict[str, Any]] | None = None
+    ) -> list[Receipt]:
+        """Settle the escrows of a job judged final (``Payments.settle_job``): its contracts
+        (``held``, else the stored ones) and those it dropped, for their verified progress."""
+        if self.payments is None:
+            return []
+        return self.payments.settle_job(
+            self.jobs.get(job_id).contracts if held is None else held,
+            self.jobs.superseded(job_id),
+            outcome,
+            self.checkpoints.document_by_digest(job_id),
+        )
 
     def _place_more_replicas(self, job_id: str, count: int) -> None:
         """Start placing ``count`` more replicas of the job, unless that is under way."""

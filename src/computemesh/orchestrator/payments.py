@@ -11,8 +11,11 @@ Order of a paid job:
    ``model_creator``) by the ledger, the rest of the escrow refunded; a result the
    verification policy proved wrong (``Outcome.lost``) is never paid, its escrow refunded;
    a failed or unverified job is refunded in full;
-3. a verified checkpoint may be paid on the way with ``release_checkpoint`` (a non-final
-   release); a later ``refund`` returns only what is left.
+3. a contract the job dropped for another provider's (relocation, migration) keeps its
+   escrow while it has a checkpoint the job may resume from; once the job is final,
+   ``settle_superseded`` pays it for the checkpoint a verified result built on
+   (``release_checkpoint``: the price of the usage signed into the checkpoint, the rest
+   refunded) or refunds it in full (``orchestrator.progress`` says which).
 
 Every movement is idempotent on the ledger: a lock and a refund by contract id, a release by
 the result id (the SHA-256 of the signed result or checkpoint document), so a result that
@@ -29,9 +32,10 @@ from typing import Any
 from computemesh.identity import Identity, document_digest
 from computemesh.identity.did import abbreviate_did
 from computemesh.models.job import JobSpec
-from computemesh.models.market import ContractTerms, JobResult
+from computemesh.models.market import Checkpoint, ContractTerms, JobResult
 from computemesh.models.validation import parse_model
 from computemesh.orchestrator.outcome import Outcome
+from computemesh.orchestrator.progress import CheckpointByDigest, verified_progress
 from computemesh.settlement import (
     EscrowTerms,
     Ledger,
@@ -85,11 +89,46 @@ class Payments:
         amount = charge_for_usage(result.usage, terms)
         return self._release(terms, document, amount, final=True)
 
-    def release_checkpoint(
-        self, terms: ContractTerms, document: Mapping[str, Any], amount: int
-    ) -> Receipt:
-        """Pay ``amount`` units for a verified checkpoint document; the escrow stays open."""
-        return self._release(terms, document, amount, final=False)
+    def release_checkpoint(self, terms: ContractTerms, document: Mapping[str, Any]) -> Receipt:
+        """Pay a dropped contract for its checkpoint that proved verified progress: the
+        price of the usage its provider signed into it; refund the rest.
+
+        ``document`` is the provider's signed ``checkpoint`` for ``terms``, verified when
+        it was stored. Raises SettlementError (``unverified_result``) for a checkpoint of
+        another contract or signer; a retry replays the first receipt (its id is the
+        SHA-256 of the document), so no checkpoint is paid twice.
+        """
+        checkpoint = parse_model(Checkpoint, document.get("body"), what="checkpoint")
+        if checkpoint.contract_id != terms.contract_id or document.get("signer") != terms.provider:
+            raise SettlementError(
+                f"checkpoint {checkpoint.sha256[:12]} is not one of contract {terms.contract_id}",
+                code="unverified_result",
+            )
+        amount = charge_for_usage(checkpoint.usage, terms)
+        return self._release(terms, document, amount, final=True)
+
+    def settle_superseded(
+        self, superseded: Sequence[Mapping[str, Any]], progress: Mapping[str, Mapping[str, Any]]
+    ) -> list[Receipt]:
+        """Close the escrow of each contract a job dropped, once the job is final: paid for
+        its checkpoint in ``progress`` (``orchestrator.progress.verified_progress``), else
+        refunded. Escrows closed already are left as they are; a refusal is logged and the
+        other contracts still settle."""
+        receipts: list[Receipt] = []
+        for terms in map(_terms_of, superseded):
+            checkpoint = progress.get(terms.contract_id)
+            try:
+                receipt = (
+                    self.release_checkpoint(terms, checkpoint)
+                    if checkpoint is not None
+                    else self.refund(terms.contract_id)
+                )
+            except SettlementError as exc:
+                log.error("contract %s not settled: %s", terms.contract_id, exc.message)
+                continue
+            if receipt is not None:
+                receipts.append(receipt)
+        return receipts
 
     def open_escrows(self) -> dict[str, str]:
         """This consumer's escrows that no final release or refund closed yet: the job id
@@ -107,6 +146,24 @@ class Payments:
             and receipt.did == self.verifier.did
             and receipt.body["contract_id"] not in closed
         }
+
+    def settle_job(
+        self,
+        held: Sequence[Mapping[str, Any]],
+        superseded: Sequence[Mapping[str, Any]],
+        outcome: Outcome,
+        checkpoint_by_digest: CheckpointByDigest,
+    ) -> list[Receipt]:
+        """Settle every escrow of a job judged final: the contracts it holds as the outcome
+        says (``settle_outcome``), the ones it dropped for their verified progress
+        (``settle_superseded``); nothing before the job is final."""
+        if not outcome.final:
+            return []
+        progress = verified_progress(outcome, held, superseded, checkpoint_by_digest)
+        return [
+            *self.settle_outcome(held, outcome),
+            *self.settle_superseded(superseded, progress),
+        ]
 
     def settle_outcome(
         self, contracts: Sequence[Mapping[str, Any]], outcome: Outcome

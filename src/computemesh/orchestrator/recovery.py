@@ -24,9 +24,11 @@ provider and without the job's other providers, at most ``max_relocations`` time
 - the provider is gone: nothing on the bus answers for it (``no_responders``) for
   ``unreachable_after_s``.
 
-A move supersedes the lost contract and refunds its escrow when payments are configured
-(what a verified checkpoint already released stays paid: the provider is paid for verified
-progress only), asks the old provider to cancel the allocation in case it still runs
+A move supersedes the lost contract and refunds its escrow when payments are configured,
+unless the job holds a checkpoint of that contract: then the escrow stays locked until the
+job is final and pays the checkpoint's signed usage if a verified result built on it
+(``orchestrator.progress``), else is refunded, so the provider is paid for verified
+progress only. It asks the old provider to cancel the allocation in case it still runs
 (best effort, in the background), records a ``relocated`` event in the job's history, and
 places the job again: a job with a verified checkpoint resumes from its latest one (every
 placement names it in ``resume_from``), any other restarts from the beginning.
@@ -47,12 +49,14 @@ from computemesh.models.errors import MeshError, NoProviderError
 from computemesh.models.market import ContractTerms
 from computemesh.models.validation import parse_job_spec
 from computemesh.orchestrator.outcome import Outcome
+from computemesh.orchestrator.progress import verified_progress
 from computemesh.protocol import verify_result
 from computemesh.settlement import SettlementError
 from computemesh.store import JobRecord, UnknownJob
 
 if TYPE_CHECKING:
     from computemesh.orchestrator.orchestrator import Orchestrator
+    from computemesh.orchestrator.payments import Payments
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +176,8 @@ class Recovery:
         dropping a contract and refunding it, or between recording a job's outcome and
         settling it leaves an escrow nobody would close. Once its job is final, a contract
         the job holds settles as the stored outcome says (a release is keyed by result id,
-        so it pays at most once) and any other is refunded. Escrows of jobs not final are
+        so it pays at most once), one it dropped is paid for its verified progress (keyed
+        by checkpoint id) or refunded, and any other is refunded. Escrows of jobs not final are
         left alone: a session may still be placing them.
         """
         payments = self.orchestrator.payments
@@ -186,13 +191,8 @@ class Recovery:
                 continue  # locked by another store's session of this identity
             if not record.is_final:
                 continue
-            held = [c for c in record.contracts if c["terms"]["contract_id"] == contract_id]
             try:
-                closed = (
-                    bool(payments.settle_outcome(held, self._stored_outcome(record)))
-                    if held
-                    else payments.refund(contract_id) is not None
-                )
+                closed = self._settle_leftover(payments, record, contract_id)
             except SettlementError as exc:
                 log.error("contract %s: left open: %s", contract_id, exc.message)
                 continue
@@ -201,6 +201,28 @@ class Recovery:
         if settled:
             log.warning("settled %d escrow(s) a previous session left open", len(settled))
         return settled
+
+    def _settle_if_ended(self, job_id: str) -> None:
+        """A relocation that ended the job (given up, no provider) settles its escrows,
+        the dropped contracts' included: nothing verified, so they are refunded."""
+        record = self.orchestrator.jobs.get(job_id)
+        if record.is_final and record.status != "completed":
+            self.orchestrator.settle(job_id, self._stored_outcome(record))
+
+    def _settle_leftover(self, payments: Payments, record: JobRecord, contract_id: str) -> bool:
+        """Settle one open escrow of a final job as the stored outcome says: a contract it
+        holds by its result, one it dropped by its verified progress, any other refunded."""
+        outcome = self._stored_outcome(record)
+        held = [c for c in record.contracts if c["terms"]["contract_id"] == contract_id]
+        if held:
+            return bool(payments.settle_outcome(held, outcome))
+        superseded = self.orchestrator.jobs.superseded(record.job_id)
+        dropped = [c for c in superseded if c["terms"]["contract_id"] == contract_id]
+        if not dropped:
+            return payments.refund(contract_id) is not None
+        documents = self.orchestrator.checkpoints.document_by_digest(record.job_id)
+        progress = verified_progress(outcome, record.contracts, superseded, documents)
+        return bool(payments.settle_superseded(dropped, progress))
 
     def _stored_outcome(self, record: JobRecord) -> Outcome:
         """A final job's outcome as stored: its results, verdict and proven frauds."""
@@ -313,6 +335,7 @@ class Recovery:
                 return []
             if self.relocations.get(job_id, 0) >= self.settings.max_relocations:
                 jobs.set_status(job_id, "failed", "relocated too many times; giving up")
+                self._settle_if_ended(job_id)
                 return []
             self.relocations[job_id] = self.relocations.get(job_id, 0) + 1
             held = {contract["terms"]["provider"] for contract in record.contracts}
@@ -321,19 +344,27 @@ class Recovery:
             except NoProviderError as exc:
                 log.warning("job %s could not be relocated: %s", job_id, exc.message)
                 return []
+            finally:
+                self._settle_if_ended(job_id)
 
     def job_lock(self, job_id: str) -> asyncio.Lock:
         """Held while a job's contracts are being replaced (relocation, migration)."""
         return self._locks.setdefault(job_id, asyncio.Lock())
 
     def _superseded(self, job_id: str, terms: dict[str, Any], reason: str) -> None:
-        """Refund a superseded contract's escrow, note the move in the job's history, and
-        ask its provider to stop it in case it still runs (in the background: best effort)."""
+        """Settle or hold a superseded contract's escrow, note the move in the job's
+        history, and ask its provider to stop it in case it still runs (in the background:
+        best effort).
+
+        A contract with a stored checkpoint keeps its escrow until the job is final: the
+        job resumes from that checkpoint and pays for it once a verified result built on
+        it (``Orchestrator.settle``). Any other is refunded now."""
         contract_id = terms["contract_id"]
-        self.orchestrator.cancel_later(terms)
+        held = self.orchestrator.checkpoints.holds_checkpoint_of(job_id, contract_id)
+        self.orchestrator.cancel_later(terms, refund=not held)
         payments = self.orchestrator.payments
         refunded = False
-        if payments is not None:
+        if payments is not None and not held:
             try:
                 refunded = payments.refund(contract_id) is not None
             except SettlementError as exc:
@@ -346,6 +377,7 @@ class Recovery:
                 "contract_id": contract_id,
                 "reason": reason,
                 "refunded": refunded,
+                "escrow_held": held and payments is not None,
                 "resume_from": self.orchestrator.checkpoints.latest_digest(job_id),
             },
         )

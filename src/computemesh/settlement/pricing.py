@@ -6,7 +6,8 @@ The formula, in units (a millionth of a credit)::
 
 - ``cpu_s`` is the CPU time the provider measured and signed into the result's
   ``ResourceUsage`` (user + system time of the sandboxed process tree, or of the wasm
-  guest's thread);
+  guest's thread), or into a checkpoint's (the same, up to that snapshot: what a dropped
+  contract earns for verified progress, ``orchestrator.progress``);
 - ``price_per_cpu_hour`` is the rate both parties signed in ``ContractTerms``;
 - ``max_charge`` is the contract's cap (``price x cpu x timeout``, ``matching.max_charge``),
   which is also what the consumer locked in escrow, so a charge always fits the escrow.

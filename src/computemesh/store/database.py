@@ -49,6 +49,18 @@ class JobRow(Base):
     updated_at: Mapped[float] = mapped_column(Float, default=now_s, onupdate=now_s)
 
 
+class SupersededContractRow(Base):
+    """A contract a job dropped for another provider's (relocation, migration, resume),
+    kept until its escrow is settled: it may be paid for a checkpoint the job resumed from."""
+
+    __tablename__ = "superseded_contracts"
+
+    contract_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    contract: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float, default=now_s)
+
+
 class AllocationRow(Base):
     """A provider's allocation: written before the contract is countersigned."""
 

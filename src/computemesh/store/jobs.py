@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from computemesh.models.errors import MeshError
 from computemesh.store.checkpoints import CheckpointRepository
-from computemesh.store.database import JobRow
+from computemesh.store.database import JobRow, SupersededContractRow
 from computemesh.store.logs import LogRepository
 from computemesh.store.queue import PlacementQueue
 from computemesh.store.verification import FraudRepository, ReputationRepository
@@ -158,18 +158,34 @@ class JobRepository:
     def supersede_contract(self, job_id: str, contract_id: str) -> bool:
         """Drop a contract (and any result for it) that another provider will replace.
 
-        The job goes back to ``bidding``. False, changing nothing, when the job is final or
-        holds no such contract, so concurrent callers supersede a contract only once.
+        The contract is kept among the job's ``superseded`` ones, in the same transaction,
+        so its escrow can still be settled. The job goes back to ``bidding``. False,
+        changing nothing, when the job is final or holds no such contract, so concurrent
+        callers supersede a contract only once.
         """
         with self._sessions.begin() as session:
             row = self._row(session, job_id)
             kept = [c for c in row.contracts if c["terms"]["contract_id"] != contract_id]
             if row.status in FINAL_STATES or len(kept) == len(row.contracts):
                 return False
+            dropped = next(c for c in row.contracts if c["terms"]["contract_id"] == contract_id)
+            session.merge(
+                SupersededContractRow(contract_id=contract_id, job_id=job_id, contract=dropped)
+            )
             row.contracts = kept
             row.results = [r for r in row.results if r["body"]["contract_id"] != contract_id]
             row.status = "bidding"
             return True
+
+    def superseded(self, job_id: str) -> list[dict[str, Any]]:
+        """The contracts ``supersede_contract`` dropped from the job, oldest first."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(SupersededContractRow)
+                .where(SupersededContractRow.job_id == job_id)
+                .order_by(SupersededContractRow.created_at)
+            ).all()
+            return [row.contract for row in rows]
 
     def record_outcome(
         self,
