@@ -158,6 +158,9 @@ async def test_a_node_that_stops_heartbeating_loses_its_job_to_another(mesh: Mes
     assert moved["contract_id"] == lost["terms"]["contract_id"]
     assert moved["refunded"] is True and moved["resume_from"] is None
     assert mesh.orchestrator.node_states()[doomed.node.did] is NodeState.DEAD
+    lost_record = mesh.orchestrator.verification.reputation.record(doomed.node.did, "process")
+    assert lost_record.timeouts == pytest.approx(1.0)  # moved off it: counted against it
+    assert mesh.orchestrator.verification.reputation.record(spare.node.did, "process").timeouts == 0
 
     escrow = mesh.ledger.escrow(lost["terms"]["contract_id"])
     assert escrow.closed and escrow.released == 0 and escrow.refunded == escrow.locked

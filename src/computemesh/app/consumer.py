@@ -90,7 +90,8 @@ async def consumer_session(
     ``verification`` sets the network's default policy (for specs that name none) and the
     seed of its draws. With a ledger in the home (``app.ledger``), every contract is paid
     through it, and a proven fraud slashes the provider's stake when this home's identity
-    is one of the ledger's arbiters (it is on a local mesh).
+    is one of the ledger's arbiters (it is on a local mesh); the stake each provider holds
+    there lowers its audit rate.
 
     The consumer's region is ``settings.region`` when set, else ``consumer_region(home,
     region)``.
@@ -108,7 +109,11 @@ async def consumer_session(
         settings=settings,
         ledger=ledger,
         verification=consumer_verification(
-            jobs, identity, _arbiter_ledger(ledger, identity.did), settings=verification
+            jobs,
+            identity,
+            _arbiter_ledger(ledger, identity.did),
+            settings=verification,
+            stakes=ledger,
         ),
     )
     with recovery_claim(home) if resume else _no_claim() as claimed:

@@ -22,6 +22,9 @@ supplies the clock), read by placement. Contract:
 - With ``reputation_of`` (the consumer's own record of each provider), that reputation
   stands in the index for the advertised one: read when a node is indexed and again at
   ``reputation_changed``; it decides ``min_reputation`` and the reputation score.
+- Each node's uptime (``liveness``: seconds up and down since it was first heard) goes to
+  every ``on_uptime`` callback as ``(did, up_s, down_s)`` at the first ``sweep`` at least
+  ``uptime_flush_s`` after the last, and at ``flush_uptime``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from computemesh.orchestrator.liveness import (
     LivenessTracker,
     NodeState,
     Transition,
+    Uptime,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,7 @@ class MeshView:
         region: str | None = None,
         rtt_ttl_s: float = 300.0,
         reputation_of: Callable[[str], float] | None = None,
+        uptime_flush_s: float = 60.0,
     ) -> None:
         self.index = NodeIndex()
         self.reputation_of = reputation_of
@@ -69,6 +74,9 @@ class MeshView:
         """DID -> (round trip in ms the consumer measured, when)."""
         self.liveness = LivenessTracker(bounds)
         self.on_node_dead: list[Callable[[str], None]] = []
+        self.on_uptime: list[Callable[[str, float, float], None]] = []
+        self.uptime_flush_s = uptime_flush_s
+        self._uptime_flushed_at: float | None = None
         self.capacity_changed = asyncio.Event()
         self._promised: dict[str, tuple[str, float]] = {}
         """contract id -> (provider, when the contract was countersigned)."""
@@ -117,7 +125,20 @@ class MeshView:
                     callback(change.did)
             else:
                 log.info("node %s is %s", abbreviate_did(change.did), change.after)
+        if self._uptime_flushed_at is None:
+            self._uptime_flushed_at = now
+        elif now - self._uptime_flushed_at >= self.uptime_flush_s:
+            self.flush_uptime(now)
         return changes
+
+    def flush_uptime(self, now: float) -> dict[str, Uptime]:
+        """Hand each node's uptime accrued until ``now`` to the ``on_uptime`` callbacks."""
+        self._uptime_flushed_at = now
+        taken = self.liveness.take_uptime(now)
+        for did, span in taken.items():
+            for callback in self.on_uptime:
+                callback(did, span.up_s, span.down_s)
+        return taken
 
     def node_states(self) -> dict[str, NodeState]:
         return self.liveness.states()

@@ -179,6 +179,8 @@ class Orchestrator:
         self._discovery: dict[str, Advertisement] | None = None
         self.recovery = Recovery(self)
         self.on_node_dead.append(self.recovery.on_node_dead)
+        self.recovery.on_relocated.append(self.verification.note_timeout)
+        self.view.on_uptime.append(self.verification.note_uptime)
         self.checkpoints = CheckpointDesk(jobs, actor.did)
         self.logs = LogDesk(jobs)
         for behavior, handler in (
@@ -214,6 +216,7 @@ class Orchestrator:
             placement.cancel()
         await asyncio.gather(*placements, return_exceptions=True)
         await self.recovery.stop()
+        self.view.flush_uptime(time.monotonic())
         await self.actor.stop()
 
     async def recover(self) -> RecoveryReport:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,9 @@ class Recovery:
         self._locks: dict[str, asyncio.Lock] = {}
         self._task: asyncio.Task[RecoveryReport] | None = None
         self._moves: set[asyncio.Task[list[str]]] = set()
+        self.on_relocated: list[Callable[[str, str], None]] = []
+        """Callbacks called with ``(provider, executor)`` for each contract a relocation
+        supersedes: the provider never answered for it (reputation counts a timeout)."""
 
     # Resuming -----------------------------------------------------------------------------
 
@@ -381,6 +384,9 @@ class Recovery:
                 "resume_from": self.orchestrator.checkpoints.latest_digest(job_id),
             },
         )
+        executor = parse_job_spec(self.orchestrator.jobs.get(job_id).spec).executor
+        for callback in self.on_relocated:
+            callback(terms["provider"], executor)
 
     def _is_interrupted(self, job_id: str, terms: ContractTerms, document: object) -> bool:
         record = self.orchestrator.jobs.get(job_id)

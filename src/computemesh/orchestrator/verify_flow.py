@@ -7,6 +7,12 @@ placed by ``place_more_replicas``) or ends the job; a final verdict updates repu
 (confirmed providers gain, missing ones count a timeout) and turns each losing result into
 a stored, signed fraud record, the provider excluded from placement from then on and, with
 a ledger, its stake slashed (``FraudSink``).
+
+Outside verdicts, the orchestrator feeds the same book what liveness tracking sees: an
+allocation moved off a provider that died, went silent or lost it counts a timeout
+(``note_timeout``, called by recovery) and each provider's seconds up and down fold into
+its score (``note_uptime``, called by the mesh view). With ``stake_of`` (the ledger's
+stake, ``stake_in``), stake lowers the audit rate (``PolicyTuning.stake_reference``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from computemesh.identity import Identity
 from computemesh.identity.did import abbreviate_did
 from computemesh.identity.keystore import resolve_home
-from computemesh.models.errors import NoProviderError
+from computemesh.models.errors import MeshError, NoProviderError
 from computemesh.models.job import JobSpec, VerificationSpec
 from computemesh.models.market import JobResult
 from computemesh.models.validation import parse_job_spec
@@ -164,7 +170,7 @@ class VerificationFlow:
             [answer_of(without_proof(result) if proofs else result) for result in results],
             initial=initial_replicas(rules, spec.replicas),
             executor=spec.executor,
-            standing=lambda did: self._standing(did, spec.executor),
+            standing=lambda did: self.standing(did, spec.executor),
             draw=seeded_draw(self._seed, record.job_id),
             tuning=self.settings.tuning,
             proofs=proofs,
@@ -187,12 +193,28 @@ class VerificationFlow:
         """Judge the job only once ``replicas`` results are in (more are being placed)."""
         self._expected[job_id] = replicas
 
-    def _standing(self, did: str, executor: str) -> Standing:
+    def standing(self, did: str, executor: str) -> Standing:
+        """What the policy knows of ``did`` with ``executor``: record, score and stake."""
         return Standing(
             verified=self.reputation.record(did, executor).verified,
             score=self.reputation.reputation_of(did),
             stake=self.stake_of(did) if self.stake_of else None,
         )
+
+    def note_timeout(self, did: str, executor: str) -> None:
+        """``did`` held an allocation it never answered for (it died, went silent or lost
+        it): one timeout in its record."""
+        self.reputation.note_timeout(did, executor)
+        self._reputation_changed(did)
+
+    def note_uptime(self, did: str, up_s: float, down_s: float) -> None:
+        """``did`` was seen heartbeating for ``up_s`` and silent for ``down_s`` more seconds."""
+        self.reputation.note_uptime(did, up_s, down_s)
+        self._reputation_changed(did)
+
+    def _reputation_changed(self, did: str) -> None:
+        for callback in self.on_reputation:
+            callback(did)
 
     def _learn(
         self,
@@ -205,8 +227,7 @@ class VerificationFlow:
         providers = [result.provider for result in results]
         learn_from_verdict(self.reputation, verdict, providers, executor)
         for did in dict.fromkeys(providers):
-            for callback in self.on_reputation:
-                callback(did)
+            self._reputation_changed(did)
         winning = [documents[index] for index in verdict.winners]
         for index in verdict.losers:
             finding = judge_fraud(
@@ -258,21 +279,38 @@ def _final_outcome(outcome: Outcome, results: list[JobResult], verdict: Verdict)
     )
 
 
+def stake_in(ledger: Ledger) -> Callable[[str], int | None]:
+    """A provider's stake as ``ledger`` holds it; None when it cannot be read (the audit
+    rate then ignores stake)."""
+
+    def stake_of(did: str) -> int | None:
+        try:
+            return ledger.balance(did).staked
+        except MeshError as exc:
+            log.warning("stake of %s unknown: %s", abbreviate_did(did), exc.message)
+            return None
+
+    return stake_of
+
+
 def consumer_verification(
     jobs: JobRepository,
     judge: Identity,
     ledger: Ledger | None = None,
     *,
     settings: VerificationSettings | None = None,
+    stakes: Ledger | None = None,
 ) -> VerificationFlow:
     """Verification over the consumer's store, under ``settings`` (the network's default
     policy and seed).
 
     With ``ledger``, each proven fraud slashes the provider's stake through it, signed by
     ``judge``: the ledger takes it only when ``judge`` is one of its arbiters (see
-    ``app.ledger``), and logs the refusal otherwise.
+    ``app.ledger``), and logs the refusal otherwise. The stake read from ``stakes`` (default
+    ``ledger``) lowers each provider's audit rate.
     """
     settings = settings or VerificationSettings()
+    stakes = stakes or ledger
     return VerificationFlow(
         judge=judge,
         reputation=ReputationBook(jobs.reputation),
@@ -281,6 +319,7 @@ def consumer_verification(
         on_fraud=None
         if ledger is None
         else slash_through_ledger(ledger, judge, amount=settings.slash_units),
+        stake_of=None if stakes is None else stake_in(stakes),
     )
 
 

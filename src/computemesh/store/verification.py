@@ -9,7 +9,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from computemesh.store.database import Base, now_s
 from computemesh.verification.fraud import FraudFinding
-from computemesh.verification.reputation import ProviderRecord
+from computemesh.verification.reputation import ProviderRecord, UptimeRecord
 
 
 class ReputationRow(Base):
@@ -23,6 +23,17 @@ class ReputationRow(Base):
     timeouts: Mapped[float] = mapped_column(Float, default=0.0)
     disputes_lost: Mapped[float] = mapped_column(Float, default=0.0)
     fraud: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    updated_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class UptimeRow(Base):
+    """One provider's seconds seen up and down, as of ``updated_at``."""
+
+    __tablename__ = "provider_uptime"
+
+    did: Mapped[str] = mapped_column(String(128), primary_key=True)
+    up_s: Mapped[float] = mapped_column(Float, default=0.0)
+    down_s: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
@@ -84,6 +95,31 @@ class ReputationRepository:
                 select(ReputationRow.did).where(ReputationRow.fraud.is_(True)).distinct()
             )
             return set(rows)
+
+    def providers(self) -> list[str]:
+        with self._sessions() as session:
+            rated = set(session.scalars(select(ReputationRow.did).distinct()))
+            watched = set(session.scalars(select(UptimeRow.did)))
+            return sorted(rated | watched)
+
+    def load_uptime(self, did: str) -> UptimeRecord | None:
+        with self._sessions() as session:
+            row = session.get(UptimeRow, did)
+            if row is None:
+                return None
+            return UptimeRecord(
+                did=row.did, up_s=row.up_s, down_s=row.down_s, updated_at=row.updated_at
+            )
+
+    def save_uptime(self, record: UptimeRecord) -> None:
+        with self._sessions.begin() as session:
+            row = session.get(UptimeRow, record.did)
+            if row is None:
+                row = UptimeRow(did=record.did)
+                session.add(row)
+            row.up_s = record.up_s
+            row.down_s = record.down_s
+            row.updated_at = record.updated_at
 
 
 class FraudRepository:

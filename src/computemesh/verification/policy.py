@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from computemesh.models.job import VerificationSpec
+from computemesh.settlement.amounts import UNITS_PER_CREDIT
 from computemesh.verification.compare import Answer, group_answers
 
 Draw = Callable[[str], float]
@@ -56,8 +57,10 @@ class PolicyTuning:
     adaptive_half_record: float = 4.0
     audit_floor: float = 0.01
     audit_ceiling: float = 0.5
-    stake_reference: int = 0
-    """Stake (units) that halves the reputation-driven part of the audit rate; 0: ignored."""
+    stake_reference: int = 100 * UNITS_PER_CREDIT
+    """Stake (units) that halves the reputation-driven part of the audit rate (the part
+    above ``audit_floor``): a provider with ``s`` staked keeps ``ref / (ref + s)`` of it.
+    0: stake is ignored."""
 
 
 @dataclass(frozen=True)
