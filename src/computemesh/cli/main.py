@@ -14,6 +14,7 @@ from computemesh.cli import jobs as job_commands
 from computemesh.cli import ledger as ledger_commands
 from computemesh.cli import logs as log_commands
 from computemesh.cli import mesh as mesh_commands
+from computemesh.cli import reputation as reputation_commands
 from computemesh.cli import verify as verify_commands
 
 app = typer.Typer(
@@ -52,6 +53,7 @@ app.add_typer(job_commands.schema_app, name="schema")
 app.add_typer(ledger_commands.wallet_app, name="wallet")
 app.add_typer(ledger_commands.ledger_app, name="ledger")
 app.add_typer(verify_commands.app, name="verify")
+app.add_typer(reputation_commands.app, name="reputation")
 app.command("up")(mesh_commands.up)
 app.command("down")(mesh_commands.down)
 app.command("status")(mesh_commands.status)

@@ -40,7 +40,7 @@ class Fault:
 
 def parse_fault(text: str) -> Fault:
     """A fault from its command-line form; ``ValueError`` says what is accepted."""
-    found = FAULT_PATTERN.match(text)
+    found = FAULT_PATTERN.fullmatch(text)
     if found is None:
         raise ValueError(f"fault {text!r}: use wrong, wrong:P, collude:SECRET or late:S")
     wrong, probability, collude, secret, _, delay = found.groups()
