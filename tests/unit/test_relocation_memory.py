@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(60)
 
 SETTINGS = OrchestratorSettings(
     bid_window_s=0.2,
-    placement_timeout_s=2.0,
+    placement_timeout_s=10.0,
     fetch_interval_s=0.3,
     # Ten heartbeats before suspicion: a loaded machine may stall the loop for a while.
     suspect_after_s=1.0,
