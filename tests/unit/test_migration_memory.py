@@ -3,7 +3,8 @@
 A job running on an expensive node moves to a much cheaper node that joins later, when its
 spec allows it: the old allocation is cancelled and refunded, the history says
 ``migrated``, and the result comes from the new node (resumed from the latest checkpoint
-when the job keeps them).
+when the job keeps them; the old node is then paid for that checkpoint once the result
+verified, and for nothing more).
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import pytest
 
 from computemesh.actor import Actor
 from computemesh.executor import ExecutionResult
-from computemesh.executor.base import Executor
+from computemesh.executor.base import ExecutionHandle, Executor
 from computemesh.identity import Identity
 from computemesh.models.job import JobSpec, MigrationPolicy
-from computemesh.models.market import Hardware
+from computemesh.models.market import Checkpoint, ContractTerms, Hardware, ResourceUsage
 from computemesh.node.provider import CANCELLED_REASON, ProviderNode
 from computemesh.node.settings import NodeSettings
 from computemesh.orchestrator import Orchestrator, OrchestratorSettings
 from computemesh.orchestrator.specfile import resolve_inputs
 from computemesh.settlement import LedgerSettings, SqliteLedger, credits_to_units
+from computemesh.settlement.pricing import charge_for_usage
 from computemesh.store import AllocationRepository, JobRepository, open_database
 from computemesh.transport import MemoryHub, MemoryTransport
 from tests.fakes import FakeExecutor, FakeHandle
@@ -53,6 +55,14 @@ class GatedExecutor(FakeExecutor):
         self.handles.append(handle)
         await self.gate.wait()
         return await super().wait(handle)
+
+
+@dataclass
+class MeteredCountingExecutor(CountingExecutor):
+    """A counter whose checkpoints carry CPU time, so the progress they prove is worth paying."""
+
+    async def usage(self, handle: ExecutionHandle) -> ResourceUsage:
+        return ResourceUsage(wall_s=60.0, cpu_s=60.0, max_rss_kb=0)
 
 
 @dataclass
@@ -142,6 +152,7 @@ async def test_a_job_moves_to_a_much_cheaper_node_that_joins_later(mesh: Mesh) -
 
     cheap = await mesh.add_node(CHEAP, FakeExecutor())  # joining triggers a check
     record = await mesh.orchestrator.await_outcome(job_id, timeout=10)
+    await eventually(lambda: bool(events(mesh, job_id, "migrated")))  # noted once cancelled
 
     assert (record.status, record.verified) == ("completed", True), record.reason
     (result,) = record.results
@@ -150,7 +161,7 @@ async def test_a_job_moves_to_a_much_cheaper_node_that_joins_later(mesh: Mesh) -
     (moved,) = events(mesh, job_id, "migrated")
     assert (moved["from"], moved["to"]) == (expensive.did, cheap.did)
     assert moved["contract_id"] == first["terms"]["contract_id"]
-    assert (moved["cancelled"], moved["refunded"]) == ("killed", True)
+    assert (moved["cancelled"], moved["refunded"], moved["escrow_held"]) == ("killed", True, False)
     assert moved["gain"] >= MOVE_AT_ONCE.min_gain
     old = expensive.allocations.get(first["terms"]["contract_id"])
     assert old is not None and old.result is not None
@@ -233,3 +244,48 @@ async def test_a_checkpointing_job_resumes_on_the_new_node(mesh: Mesh) -> None:
     text = "".join(chunk.data for chunk in orchestrator.jobs.logs.after(job_id))
     assert int(re.findall(r"resumed at step (\d+)", text)[0]) > 0
     assert max(steps_in(text)) == target
+
+
+def counter(target: int, interval_s: float) -> JobSpec:
+    return resolve_inputs(
+        JobSpec.model_validate(
+            {
+                "name": "counter",
+                "command": ["count", str(target)],
+                "outputs": ["total.txt"],
+                "checkpoint": {"interval_s": interval_s},
+                "timeout_s": 30,
+                "migration": MOVE_AT_ONCE.model_dump(),
+            }
+        ),
+        Path("."),
+    )
+
+
+async def test_the_old_node_is_paid_for_the_checkpoint_the_job_resumed_from(mesh: Mesh) -> None:
+    target = 80
+    orchestrator = mesh.orchestrator
+    expensive = await mesh.add_node(EXPENSIVE, MeteredCountingExecutor())
+    job_id = orchestrator.submit(counter(target, 0.1))
+    (first,) = await orchestrator.place(job_id)
+    old = ContractTerms.model_validate(first["terms"])
+    await wait_for_step(orchestrator, job_id, target // 4)
+    await eventually(lambda: orchestrator.checkpoints.latest_digest(job_id) is not None)
+
+    cheap = await mesh.add_node(CHEAP, CountingExecutor())
+    await eventually(lambda: bool(events(mesh, job_id, "migrated")))
+    (moved,) = events(mesh, job_id, "migrated")
+    assert (moved["refunded"], moved["escrow_held"]) == (False, True)
+    record = await orchestrator.await_outcome(job_id, timeout=20)
+
+    assert (record.status, record.verified) == ("completed", True), record.reason
+    assert record.results[0]["body"]["provider"] == cheap.did
+    resumed = orchestrator.jobs.checkpoints.by_digest(job_id, moved["resume_from"])
+    assert resumed is not None and resumed.contract_id == old.contract_id
+    progress = charge_for_usage(Checkpoint.model_validate(resumed.document["body"]).usage, old)
+    assert progress > 0
+    escrow = mesh.ledger.escrow(old.contract_id)
+    assert (escrow.closed, escrow.released) == (True, progress)
+    assert escrow.refunded == escrow.locked - progress
+    paid = mesh.ledger.balance(expensive.did).available
+    assert paid == mesh.ledger.split.shares(progress).provider

@@ -13,11 +13,15 @@ whenever a node joins the index and every ``OrchestratorSettings.migration_check
 A move, under the job's recovery lock (so it never races a relocation): the chosen node
 alone is asked for a bid (the job is left alone if it will not bid or commit); once it
 countersigned, the old contract is superseded, its allocation cancelled on its node
-(``Orchestrator.cancel_allocation``: the run is stopped and the escrow refunded) and a
-``migrated`` event recorded in the job's history. The new contract names the latest
-verified checkpoint in ``resume_from`` as every placement does, so a job that checkpoints
-resumes from it and any other restarts. If the old allocation reported its result while
-the new one was being contracted, the new one is cancelled instead and the result kept.
+(``Orchestrator.cancel_allocation``: the run is stopped) and a ``migrated`` event recorded
+in the job's history. Its escrow follows the rule relocation follows: refunded at once,
+unless the job holds a checkpoint of that contract; then it stays locked until the job is
+final and pays that checkpoint's signed usage if a verified result built on it
+(``orchestrator.progress``), so the old provider is paid for verified progress only. The
+new contract names the latest verified checkpoint in ``resume_from`` as every placement
+does, so a job that checkpoints resumes from it and any other restarts. If the old
+allocation reported its result while the new one was being contracted, the new one is
+cancelled instead and the result kept.
 """
 
 from __future__ import annotations
@@ -163,7 +167,8 @@ class Migration:
                 return False
             jobs.supersede_contract(job_id, old["contract_id"])
             jobs.set_status(job_id, "running")
-            cancelled = await orchestrator.cancel_allocation(old)
+            held = orchestrator.checkpoints.holds_checkpoint_of(job_id, old["contract_id"])
+            cancelled = await orchestrator.cancel_allocation(old, refund=not held)
         jobs.record_event(
             job_id,
             "migrated",
@@ -174,6 +179,7 @@ class Migration:
                 "gain": round(move.gain, 3),
                 "cancelled": cancelled.state,
                 "refunded": cancelled.refunded,
+                "escrow_held": held and orchestrator.payments is not None,
                 "resume_from": new["terms"]["resume_from"],
             },
         )
