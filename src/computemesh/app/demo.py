@@ -4,7 +4,9 @@ Brings up NATS and N provider processes under ``<home>/demo``, submits M jobs cy
 ``examples/``, waits for every signed result, verifies each and checks its outputs against
 ``examples/expected.json``, then stops the mesh (also on Ctrl-C). Every contract is paid
 through the local mesh's ledger (``app.ledger``): the report says what each provider earned,
-what went to the treasury and what the consumer got back.
+what went to the treasury and what the consumer got back. With ``ledger="evm"`` the mesh
+settles on a local anvil chain of its own (``app.localchain``) and each provider's balance
+and the treasury's are read from the settlement contract.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from typing import Any
 
 from computemesh.app.consumer import consumer_session
 from computemesh.app.home import MeshHome
+from computemesh.app.ledger_config import Backend
 from computemesh.app.localmesh import mesh_down, mesh_up
 from computemesh.models.errors import MeshError
 from computemesh.models.job import JobSpec
 from computemesh.orchestrator import Orchestrator
 from computemesh.orchestrator.specfile import load_job_spec
-from computemesh.settlement import UNITS_PER_CREDIT, Receipt
+from computemesh.settlement import UNITS_PER_CREDIT, Ledger, Receipt
 from computemesh.store import JobRecord
 
 EXPECTED_FILE = "expected.json"
@@ -162,11 +165,12 @@ def run_demo(
     sandbox: bool = True,
     progress: Progress | None = None,
     on_mesh_up: Callable[[dict[str, Any]], None] | None = None,
+    ledger: Backend | None = None,
 ) -> DemoReport:
     examples = load_examples(find_examples_dir(examples_dir))
     demo_home = MeshHome(home.root / "demo")
     mesh_down(demo_home)
-    state = mesh_up(demo_home, nodes=nodes, sandbox=sandbox)
+    state = mesh_up(demo_home, nodes=nodes, sandbox=sandbox, ledger=ledger)
     if on_mesh_up is not None:
         on_mesh_up(state)
     report = DemoReport(nodes=nodes)
@@ -194,6 +198,20 @@ async def _demo_session(
         if orchestrator.payments is None:
             return rows, None
         contract_ids = {cid for row in rows for cid in row["contract_ids"]}
-        receipts = orchestrator.payments.ledger.history(orchestrator.actor.did)
+        ledger = orchestrator.payments.ledger
+        receipts = ledger.history(orchestrator.actor.did)
         providers = [node["did"] for node in state["nodes"]]
-        return rows, summarize_payments(receipts, contract_ids, providers)
+        payments = summarize_payments(receipts, contract_ids, providers)
+        return rows, {**payments, **ledger_balances(ledger, providers, state)}
+
+
+def ledger_balances(ledger: Ledger, providers: list[str], state: dict[str, Any]) -> dict[str, Any]:
+    """Where the payments were made and the balances held there now: each provider's and
+    the treasury's available units, read from the ledger (the contract, on a chain)."""
+    chain = state.get("chain")
+    where = f"chain {chain['chain_id']} at {chain['rpc_url']}" if chain else "embedded ledger"
+    return {
+        "ledger": where,
+        "balances": {did: ledger.balance(did).available for did in providers},
+        "treasury_balance": ledger.balance(ledger.treasury).available,
+    }

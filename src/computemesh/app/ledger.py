@@ -21,9 +21,12 @@ on a chain.
 
 **On a chain.** The home's chain account is derived from its identity
 (``account_from_identity``) and is its own operator: deposits pull its tokens. A local
-mesh on the EVM backend passes no ledger to its nodes: they do not check escrow before
-countersigning, and each provider must have bound its account (`cmesh ledger init
---backend evm` in its own home) before a consumer can lock escrow for it.
+mesh on the EVM backend passes its nodes the path of the home's ``ledger.json`` in
+``$CMESH_LEDGER``: each node opens a read-only client of the same deployment
+(``open_node_ledger``, no gas needed) and checks escrow on the chain before it
+countersigns. A consumer can lock escrow only for providers whose accounts are bound
+(`cmesh up --ledger evm` binds its nodes' accounts; elsewhere each provider runs `cmesh
+ledger init --backend evm` in its own home).
 """
 
 from __future__ import annotations
@@ -35,7 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from computemesh.app.home import ENV_LEDGER, MeshHome
-from computemesh.app.ledger_config import EvmLedgerConfig, bad_config, load_ledger_config
+from computemesh.app.ledger_config import (
+    EvmLedgerConfig,
+    bad_config,
+    load_ledger_config,
+    load_ledger_config_file,
+)
 from computemesh.identity import Identity, load_or_create_identity
 from computemesh.settlement import (
     Ledger,
@@ -54,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCAL_FAUCET_CREDITS = 1000
+SQLITE_HEADER = b"SQLite format 3\x00"
 FAUCET_ID_PREFIX = "local-faucet"
 
 
@@ -64,11 +73,12 @@ def local_ledger_settings(home: MeshHome, author: Identity) -> LedgerSettings:
     return LedgerSettings(treasury=treasury.did, arbiters=frozenset({author.did}))
 
 
-def create_local_ledger(home: MeshHome) -> Path | None:
-    """The local mesh's ledger file, created (authored by the home's identity) if missing;
-    None when the home settles on a chain (its nodes then get no ledger)."""
+def create_local_ledger(home: MeshHome) -> Path:
+    """What a local mesh's nodes check escrow on: the home's ``ledger.json`` when it
+    settles on a chain, else the embedded ledger file, created (authored by the home's
+    identity) if missing."""
     if load_ledger_config(home).evm is not None:
-        return None
+        return home.ledger_config
     home.ensure()
     if not home.ledger_db.exists():
         author = load_or_create_identity(home.root)
@@ -102,10 +112,13 @@ def open_home_ledger(home: MeshHome, identity: Identity, *, path: Path | None = 
     return open_ledger(home.ledger_db, identity)
 
 
-def open_evm_ledger(config: EvmLedgerConfig, identity: Identity, *, receipts: Path) -> EvmLedger:
+def open_evm_ledger(
+    config: EvmLedgerConfig, identity: Identity, *, receipts: Path | None
+) -> EvmLedger:
     """A client of ``config``'s deployment acting for ``identity``'s derived account, its
-    receipts kept in the SQLite file ``receipts``; ``bad_ledger_config`` when no settlement
-    contract is deployed at the configured address."""
+    receipts kept in the SQLite file ``receipts`` (in memory when None: a client that only
+    reads issues none); ``bad_ledger_config`` when no settlement contract is deployed at
+    the configured address."""
     from computemesh.settlement.chain import connect
     from computemesh.settlement.evm import EvmLedger
     from computemesh.settlement.receipt_store import ReceiptStore
@@ -119,7 +132,7 @@ def open_evm_ledger(config: EvmLedgerConfig, identity: Identity, *, receipts: Pa
         )
     account = account_from_identity(identity)
     client = ChainClient(w3, config.deployment, [account], operator=account)
-    store = ReceiptStore(f"sqlite:///{receipts}")
+    store = ReceiptStore(f"sqlite:///{receipts}") if receipts is not None else ReceiptStore()
     return EvmLedger(client, author=identity, settings=config.settings, store=store)
 
 
@@ -134,6 +147,27 @@ def node_ledger_path(explicit: Path | None = None) -> Path | None:
         return explicit
     from_env = os.environ.get(ENV_LEDGER)
     return Path(from_env) if from_env else None
+
+
+def open_node_ledger(path: Path, identity: Identity) -> Ledger:
+    """The ledger a node checks escrow on: the embedded ledger when ``path`` is an SQLite
+    file, else the chain a ledger config (``ledger.json``) at ``path`` names, read through
+    a client of ``identity``'s account that keeps no receipts (reads cost no gas).
+
+    Raises ``SettlementError``: ``no_ledger`` (no such file, or a config naming the
+    embedded backend), ``bad_ledger_config``, ``chain_unreachable``, ``wrong_chain``.
+    """
+    if not path.is_file() or _is_sqlite_file(path):
+        return open_ledger(path, identity)
+    config = load_ledger_config_file(path)
+    if config.evm is None:
+        raise SettlementError(f"{path} names no chain and is no ledger file", code="no_ledger")
+    return open_evm_ledger(config.evm, identity, receipts=None)
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
 
 
 def consumer_ledger(home: MeshHome, identity: Identity) -> Ledger | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
@@ -133,7 +134,12 @@ def evm_config_from_dict(data: Mapping[str, Any]) -> EvmLedgerConfig:
 
 def load_ledger_config(home: MeshHome) -> LedgerConfig:
     """The home's ledger config: ``sqlite`` when it has no ``ledger.json``."""
-    path = home.ledger_config
+    return load_ledger_config_file(home.ledger_config)
+
+
+def load_ledger_config_file(path: Path) -> LedgerConfig:
+    """The ledger config in ``path`` (a home's ``ledger.json``, or the copy a node is
+    given): ``sqlite`` when there is no such file, ``bad_ledger_config`` when it is bad."""
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -5,6 +5,10 @@ home's ``mesh/state.json``; `cmesh down` stops them by pid. With ``hubs`` above 
 servers form a NATS cluster on loopback and every node and consumer holds all their URLs
 (``nats_url`` is then a comma-separated list), so losing one hub loses no client. A mesh may
 instead join an existing NATS URL, in which case only the nodes are started here.
+
+The mesh settles on the home's ledger: the embedded one unless ``ledger.json`` names a
+chain. With ``ledger="evm"`` it brings up a chain of its own first (``app.localchain``:
+anvil on loopback, recorded under ``chain`` in the state and stopped by pid on `down`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from computemesh.app.home import ENV_LEDGER, READY_FILE, MeshHome
 from computemesh.app.ledger import create_local_ledger
+from computemesh.app.ledger_config import Backend, bad_config, load_ledger_config
 from computemesh.identity import load_or_create_identity
 from computemesh.models.errors import MeshError
 from computemesh.transport import (
@@ -124,11 +129,7 @@ def _spawn_node(home: MeshHome, nats_url: str, plan: NodePlan, *, sandbox: bool)
     log_file = home.logs_dir / f"{plan.name}.log"
     command = node_command(node_home, nats_url, plan, sandbox=sandbox)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    ledger = create_local_ledger(home)
-    if ledger is not None:
-        env[ENV_LEDGER] = str(ledger)
-    else:
-        env.pop(ENV_LEDGER, None)
+    env[ENV_LEDGER] = str(create_local_ledger(home))
     pid = spawn_detached(command, log_file, env=env).pid
     return {
         "name": plan.name,
@@ -157,10 +158,13 @@ def mesh_up(
     regions: list[str] | None = None,
     sandbox: bool = True,
     allow_network: bool = False,
+    ledger: Backend | None = None,
 ) -> dict[str, Any]:
     """Start NATS (unless joining ``nats_url``) and the nodes; write and return the state.
 
-    ``allow_network`` starts every node with ``--allow-network``.
+    ``allow_network`` starts every node with ``--allow-network``. ``ledger``: None settles
+    on the home's ledger; ``"evm"`` starts a local chain first and binds the nodes'
+    accounts on it (``app.localchain``); ``"sqlite"`` insists on the embedded ledger.
 
     ``hubs`` servers are started; more than one form a cluster. The state records each
     hub (name, pid, url, ports, store, log) and ``nats_url``, every hub's URL joined by commas.
@@ -172,6 +176,7 @@ def mesh_up(
             hint="stop it first with `cmesh down`",
         )
     _check_hubs(hubs, joining=nats_url is not None)
+    _check_ledger_choice(home, ledger)
     home.ensure()
     state: dict[str, Any] = {"started_at": time.time(), "hubs": [], "nodes": []}
     state["sandbox"] = sandbox
@@ -182,6 +187,8 @@ def mesh_up(
     home.write_state(state)
     try:
         plans = plan_nodes(nodes, regions, allow_network=allow_network)
+        if ledger == "evm":
+            _start_chain(home, state, plans)
         state["nodes"] = spawn_nodes(home, nats_url, plans, sandbox=sandbox)
         home.write_state(state)
         wait_nodes_ready(state["nodes"])
@@ -189,6 +196,26 @@ def mesh_up(
         mesh_down(home)
         raise
     return state
+
+
+def _check_ledger_choice(home: MeshHome, ledger: Backend | None) -> None:
+    if ledger == "sqlite" and load_ledger_config(home).evm is not None:
+        raise bad_config(
+            f"this home settles on the chain {home.ledger_config} names, not the embedded ledger",
+            hint="drop --ledger sqlite, or use another home",
+        )
+    if ledger == "evm":
+        from computemesh.app.localchain import check_no_ledger_config
+
+        check_no_ledger_config(home)
+
+
+def _start_chain(home: MeshHome, state: dict[str, Any], plans: list[NodePlan]) -> None:
+    from computemesh.app.localchain import bind_node_accounts, start_local_chain
+
+    state["chain"] = start_local_chain(home)
+    home.write_state(state)
+    bind_node_accounts(home, [home.node_home(plan.name) for plan in plans])
 
 
 def _check_hubs(hubs: int, *, joining: bool) -> None:
@@ -330,5 +357,10 @@ def mesh_down(home: MeshHome) -> dict[str, Any]:
     for hub in state.get("hubs", []):
         if stop_process(int(hub["pid"])):
             stopped.append(hub["name"])
+    if isinstance(state.get("chain"), dict):
+        from computemesh.app.localchain import stop_local_chain
+
+        if stop_local_chain(home, state["chain"]):
+            stopped.append("anvil")
     home.state_file.unlink(missing_ok=True)
     return {"stopped": stopped, "was_running": True}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from computemesh.actor import Actor, Supervisor
 from computemesh.app.home import READY_FILE
-from computemesh.app.ledger import node_ledger_path, open_ledger
+from computemesh.app.ledger import node_ledger_path, open_node_ledger
 from computemesh.executor import ProcessExecutor, WasmExecutor
 from computemesh.executor.base import Executor
 from computemesh.executor.docker import DockerExecutor
@@ -81,13 +81,14 @@ def process_runtime(settings: NodeSettings) -> PythonRuntime | None:
 def build_node(
     settings: NodeSettings, transport: Transport, *, ledger_path: Path | None = None
 ) -> ProviderNode:
-    """The node; with a ledger (``ledger_path``, else ``$CMESH_LEDGER``) it countersigns
-    only contracts whose escrow is locked there."""
+    """The node; with a ledger (``ledger_path``, else ``$CMESH_LEDGER``: an embedded ledger
+    file or a ledger config naming a chain) it countersigns only contracts whose escrow is
+    locked there."""
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     identity = load_or_create_identity(settings.home)
     sessions = open_database(sqlite_url(settings.database_path))
     path = node_ledger_path(ledger_path)
-    settlement = open_ledger(path, identity) if path is not None else None
+    settlement = open_node_ledger(path, identity) if path is not None else None
     if path is not None:
         log.info("checking escrow on the ledger %s", path)
     return ProviderNode(

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from computemesh.app.demo import DemoReport, run_demo
 from computemesh.cli.context import home_of
+from computemesh.cli.mesh import ledger_backend
 from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
 from computemesh.settlement import format_credits
 from computemesh.store import JobRecord
@@ -24,9 +25,15 @@ def demo(
     insecure_no_sandbox: bool = typer.Option(
         False, "--insecure-no-sandbox", help="Run jobs without bubblewrap (unsafe)."
     ),
+    ledger: str | None = typer.Option(
+        None, "--ledger", help="sqlite (embedded, the default) or evm (a local anvil chain)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
-    """Bring up a local mesh, run real example jobs on it, verify them, tear it down."""
+    """Bring up a local mesh, run real example jobs on it, verify them, tear it down.
+
+    With ``--ledger evm`` every job is paid on a local anvil chain started for the demo.
+    """
     with reported_errors(as_json=as_json):
         home = home_of(ctx)
         progress = Progress(
@@ -60,6 +67,7 @@ def demo(
                 sandbox=not insecure_no_sandbox,
                 progress=on_job,
                 on_mesh_up=on_mesh_up,
+                ledger=ledger_backend(ledger),
             )
         summary = report.summary()
         if as_json:
@@ -100,13 +108,22 @@ def print_report(report: DemoReport, summary: dict[str, Any]) -> None:
 
 def print_payments(payments: dict[str, Any]) -> None:
     """Credits each provider earned, the treasury's and creators' shares, the consumer's."""
-    table = Table(title="payments (credits, local ledger)")
+    table = Table(title=f"payments (credits, {payments['ledger']})")
     table.add_column("provider", no_wrap=True)
     table.add_column("jobs paid", justify="right")
     table.add_column("earned", justify="right")
+    table.add_column("balance", justify="right")
+    balances = payments["balances"]
     for row in payments["providers"]:
-        table.add_row(short(row["did"]), str(row["jobs_paid"]), format_credits(row["earned"]))
-    table.add_row("treasury", "", format_credits(payments["treasury"]))
+        balance = balances.get(row["did"])
+        table.add_row(
+            short(row["did"]),
+            str(row["jobs_paid"]),
+            format_credits(row["earned"]),
+            "" if balance is None else format_credits(balance),
+        )
+    treasury = format_credits(payments["treasury"])
+    table.add_row("treasury", "", treasury, format_credits(payments["treasury_balance"]))
     if payments["creators"]:
         table.add_row("model creators", "", format_credits(payments["creators"]))
     console.print(table)

@@ -1,4 +1,4 @@
-"""`cmesh wallet` (balances, stake, history) and `cmesh ledger` (init, verify).
+"""`cmesh wallet` (balances, stake, history) and `cmesh ledger` (init, deploy, verify).
 
 Both work on the ledger the home settles on (``app.ledger.open_home_ledger``): the
 backend `cmesh ledger init --backend evm` configured, else the embedded ledger
@@ -191,6 +191,56 @@ def _init_evm(ctx: typer.Context, config: EvmLedgerConfig, identity: Identity) -
         "address": binding.body["address"],
         **config.settings.to_dict(),
     }
+
+
+@ledger_app.command("deploy")
+def deploy(
+    ctx: typer.Context,
+    rpc_url: str = typer.Option(..., "--rpc-url", help="The chain's JSON-RPC URL."),
+    chain: str | None = typer.Option(None, "--chain", help="ethereum, base, local, ..."),
+    chain_id: int | None = typer.Option(None, "--chain-id", help="The chain's id."),
+    out: Path = typer.Option(..., "--out", help="File to write the deployment to (JSON)."),
+    split: str | None = typer.Option(
+        None, "--split", help="PROVIDER/TREASURY/CREATOR percent, adding up to 100 (80/15/5)."
+    ),
+    treasury_address: str | None = typer.Option(
+        None, "--treasury-address", help="Chain address of the treasury (default: yours)."
+    ),
+    arbiter_address: str | None = typer.Option(
+        None, "--arbiter-address", help="Chain address allowed to slash (default: yours)."
+    ),
+    token: str | None = typer.Option(
+        None, "--token", help="ERC-20 to pay in (default on test networks: a new test token)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Deploy the settlement contract (and a test token) from this home's chain account.
+
+    The account (`cmesh wallet address`) pays the gas. The deployment written to ``--out``
+    is what `cmesh ledger init --backend evm --deployment FILE` reads.
+    """
+    with reported_errors(as_json=as_json):
+        from computemesh.app.ledger_deploy import deploy_ledger
+
+        if out.exists():
+            raise SettlementError(f"{out} exists already", code="deployment_exists")
+        deployment = deploy_ledger(
+            chain_of(rpc_url, name=chain, chain_id=chain_id),
+            _own_identity(ctx),
+            split=parse_split(split) if split else None,
+            treasury=treasury_address,
+            arbiter=arbiter_address,
+            token=token,
+        )
+        deployment.save(out)
+        if as_json:
+            emit_json({"deployment": deployment.to_dict(), "out": str(out)})
+        else:
+            console.print(
+                f"deployed settlement {deployment.settlement} (token {deployment.token})"
+                f" on chain {deployment.chain_id}; written to {out}",
+                highlight=False,
+            )
 
 
 @ledger_app.command("verify")

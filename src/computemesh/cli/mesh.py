@@ -11,6 +11,7 @@ from rich.table import Table
 
 from computemesh.app.consumer import consumer_session
 from computemesh.app.home import MeshHome
+from computemesh.app.ledger_config import BACKENDS, Backend, bad_config
 from computemesh.app.localmesh import hub_status, mesh_down, mesh_up
 from computemesh.app.logs import configure_logging
 from computemesh.app.provider import run_node
@@ -19,6 +20,11 @@ from computemesh.cli.output import console, emit_json, err_console, reported_err
 from computemesh.models.errors import SpecError
 from computemesh.node.settings import NodeSettings
 
+LedgerBackendOption = typer.Option(
+    None,
+    "--ledger",
+    help="sqlite (embedded) or evm (a local anvil chain); default: the home's ledger.",
+)
 NatsOption = typer.Option(None, "--nats", help="NATS URL of the mesh (default: the local mesh).")
 AllowNetworkOption = typer.Option(
     False, "--allow-network", help="Give network access to jobs that declare they need it."
@@ -39,9 +45,14 @@ def up(
         False, "--insecure-no-sandbox", help="Run jobs without bubblewrap (unsafe)."
     ),
     allow_network: bool = AllowNetworkOption,
+    ledger: str | None = LedgerBackendOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Start a local mesh in the background: nats-server (or a cluster) plus N provider nodes."""
+    """Start a local mesh in the background: nats-server (or a cluster) plus N provider nodes.
+
+    With ``--ledger evm`` it also starts a local chain (anvil), deploys the settlement
+    contract, funds the consumer and binds every account: jobs are paid on chain.
+    """
     with reported_errors(as_json=as_json):
         home = home_of(ctx)
         if not as_json:
@@ -54,11 +65,18 @@ def up(
             regions=region or None,
             sandbox=not insecure_no_sandbox,
             allow_network=allow_network,
+            ledger=ledger_backend(ledger),
         )
         if as_json:
             emit_json(state)
             return
         console.print(f"mesh up at {state['nats_url']}", highlight=False)
+        if "chain" in state:
+            chain = state["chain"]
+            console.print(
+                f"  anvil  pid {chain['pid']}  {chain['rpc_url']}  chain {chain['chain_id']}",
+                highlight=False,
+            )
         for hub in state["hubs"]:
             console.print(f"  {hub['name']}  pid {hub['pid']}  {hub['url']}", highlight=False)
         for node in state["nodes"]:
@@ -68,6 +86,16 @@ def up(
                 highlight=False,
             )
         console.print("stop it with `cmesh down`")
+
+
+def ledger_backend(value: str | None) -> Backend | None:
+    """``--ledger``: None, or one of ``BACKENDS``; ``bad_ledger_config`` otherwise."""
+    if value is None:
+        return None
+    for backend in BACKENDS:
+        if value == backend:
+            return backend
+    raise bad_config(f"unknown ledger backend {value!r}", hint=f"one of {BACKENDS}")
 
 
 def down(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
@@ -153,6 +181,19 @@ def node_start(
     nats: str | None = NatsOption,
     region: str = typer.Option("local", "--region", help="Region this node advertises."),
     price: float = typer.Option(0.10, "--price", min=0, help="Price per cpu-hour."),
+    price_fuel: float | None = typer.Option(
+        None,
+        "--price-fuel",
+        min=0,
+        help="Price per billion units of wasm fuel (wasm jobs are priced by fuel); "
+        "default: the cpu-hour price spread over a cpu-hour's fuel budget.",
+    ),
+    price_out: float = typer.Option(
+        0.01, "--price-out", min=0, help="Price per GB (10^9 bytes) of output."
+    ),
+    price_memory: float = typer.Option(
+        0.0, "--price-memory", min=0, help="Price per GB-hour of peak memory; 0: in the cpu price."
+    ),
     heartbeat: float = typer.Option(1.0, "--heartbeat", min=0.1, help="Heartbeat seconds."),
     insecure_no_sandbox: bool = typer.Option(
         False, "--insecure-no-sandbox", help="Run jobs without bubblewrap (unsafe)."
@@ -174,6 +215,9 @@ def node_start(
                 home=Path(home.root),
                 region=region,
                 price_per_cpu_hour=price,
+                price_per_billion_fuel=price_fuel,
+                price_per_gb_out=price_out,
+                price_per_gb_hour=price_memory,
                 heartbeat_interval_s=heartbeat,
                 sandbox=not insecure_no_sandbox,
                 allow_network=allow_network,

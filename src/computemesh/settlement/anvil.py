@@ -2,7 +2,9 @@
 
 ``make setup`` installs the pinned package under ``.tools/``; ``find_anvil`` looks there
 (the native binary, then the npm launcher) and then on ``PATH``. ``start_anvil`` runs it on
-loopback on a free port and ``stop_anvil`` ends it by its pid.
+loopback on a free port and ``stop_anvil`` ends it by its pid; with ``detached`` it runs
+in its own session and outlives the caller (a local mesh records its pid and stops it by
+pid). ``fund_from_dev_account`` pays gas money from anvil's unlocked dev account.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def start_anvil(
     port: int | None = None,
     log_file: Path | None = None,
     ready_timeout: float = 20.0,
+    detached: bool = False,
 ) -> AnvilNode:
     """Start anvil on ``127.0.0.1`` (a free port unless given) and wait until it answers.
 
@@ -93,7 +96,13 @@ def start_anvil(
     ]
     out = log_file.open("ab") if log_file else subprocess.DEVNULL
     try:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=detached,
+        )
     finally:
         if log_file and not isinstance(out, int):
             out.close()
@@ -114,6 +123,42 @@ def stop_anvil(node: AnvilNode, *, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         os.kill(node.pid, signal.SIGKILL)
         node.process.wait(timeout)
+
+
+def fund_from_dev_account(url: str, address: str, wei: int, *, timeout: float = 30.0) -> str:
+    """Send ``wei`` to ``address`` from the anvil at ``url``'s first unlocked dev account;
+    returns the transaction hash once mined. ``ChainError`` (``funding_failed``) otherwise."""
+    accounts = _rpc(url, "eth_accounts", [])
+    if not isinstance(accounts, list) or not accounts:
+        raise ChainError(f"the chain at {url} has no unlocked dev account", code="funding_failed")
+    tx = {"from": accounts[0], "to": address, "value": hex(wei)}
+    tx_hash = str(_rpc(url, "eth_sendTransaction", [tx]))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        receipt = _rpc(url, "eth_getTransactionReceipt", [tx_hash])
+        if isinstance(receipt, dict):
+            if int(receipt["status"], 16) != 1:
+                break
+            return tx_hash
+        time.sleep(0.05)
+    raise ChainError(f"funding {address} from the dev account failed", code="funding_failed")
+
+
+def _rpc(url: str, method: str, params: list[object]) -> object:
+    request = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(
+                url, data=request.encode(), headers={"Content-Type": "application/json"}
+            ),
+            timeout=10.0,
+        ) as response:
+            answer = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        raise ChainError(f"{method} at {url}: {exc}", code="chain_unreachable") from exc
+    if "error" in answer:
+        raise ChainError(f"{method} at {url}: {answer['error']}", code="funding_failed")
+    return answer.get("result")
 
 
 def _wait_ready(node: AnvilNode, timeout: float) -> bool:
