@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,10 +14,36 @@ from computemesh.actor.runtime import RequestRetry
 from computemesh.identity import Identity
 from computemesh.models.errors import MeshError, RemoteError, RequestTimeout, TransportError
 from computemesh.transport import MemoryHub, MemoryTransport
+from computemesh.transport.base import Message
 
 pytestmark = pytest.mark.timeout(30)
 
 FAST_RETRY = RequestRetry(attempts=4, first_pause_s=0.01, max_pause_s=0.05)
+
+
+class LossyHub(MemoryHub):
+    """A bus that loses the first ``count`` requests of ``behavior`` in flight, as a hub
+    that fails over loses what it was carrying (the sender sees no reply)."""
+
+    def __init__(self, behavior: str, count: int) -> None:
+        super().__init__()
+        self.behavior = behavior
+        self.left_to_drop = count
+        self.dropped = 0
+
+    def route(self, message: Message) -> int:
+        if self.left_to_drop > 0 and message.reply is not None and self._carries_behavior(message):
+            self.left_to_drop -= 1
+            self.dropped += 1
+            return 1
+        return super().route(message)
+
+    def _carries_behavior(self, message: Message) -> bool:
+        try:
+            envelope = json.loads(message.data)
+        except ValueError:
+            return False
+        return isinstance(envelope, dict) and envelope.get("beh") == self.behavior
 
 
 class Recipient:
@@ -27,7 +54,14 @@ class Recipient:
         self.seen: list[Inbound] = []
         self.silent_for = 0
         self.refuse = False
-        for behavior in (behaviours.RESULT_FETCH, behaviours.COMMIT, behaviours.DISCOVER):
+        answered = (
+            behaviours.RESULT_FETCH,
+            behaviours.COMMIT,
+            behaviours.DISCOVER,
+            behaviours.CHECKPOINT_FETCH,
+            behaviours.PING,
+        )
+        for behavior in answered:
             self.actor.register(behavior, self.answer)
 
     async def answer(self, inbound: Inbound) -> dict[str, Any]:
@@ -122,6 +156,41 @@ async def test_requests_not_known_idempotent_are_sent_once(mesh: Any) -> None:
     with pytest.raises(RequestTimeout):
         await asker.request(recipient.actor.did, behaviours.DISCOVER, {}, timeout=0.2)
     assert len(recipient.seen) == 1
+
+
+@pytest.mark.parametrize("behavior", [behaviours.CHECKPOINT_FETCH, behaviours.PING])
+async def test_reads_lost_on_the_bus_are_retried(behavior: str) -> None:
+    hub = LossyHub(behavior, count=2)
+    asker = Actor(identity=Identity.generate(), transport=MemoryTransport(hub), retry=FAST_RETRY)
+    recipient = Recipient(hub)
+    await asker.start()
+    await recipient.actor.start()
+    try:
+        reply = await asker.request(recipient.actor.did, behavior, {"x": 1}, timeout=3.0)
+    finally:
+        await asker.stop()
+        await recipient.actor.stop()
+
+    assert reply == {"got": {"x": 1}}
+    assert hub.dropped == 2 and len(recipient.seen) == 1
+
+
+async def test_a_round_trip_measurement_is_sent_once() -> None:
+    hub = LossyHub(behaviours.PING, count=1)
+    asker = Actor(identity=Identity.generate(), transport=MemoryTransport(hub), retry=FAST_RETRY)
+    recipient = Recipient(hub)
+    await asker.start()
+    await recipient.actor.start()
+    try:
+        with pytest.raises(RequestTimeout):
+            await asker.request(
+                recipient.actor.did, behaviours.PING, {"x": 1}, timeout=0.3, once=True
+            )
+    finally:
+        await asker.stop()
+        await recipient.actor.stop()
+
+    assert hub.dropped == 1 and recipient.seen == []
 
 
 def test_a_retry_policy_needs_an_attempt() -> None:

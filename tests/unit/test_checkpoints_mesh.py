@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from computemesh.actor import Actor
+from computemesh.actor import Actor, behaviours
 from computemesh.executor.base import (
     CollectedOutput,
     ExecutionHandle,
@@ -42,6 +42,7 @@ from computemesh.protocol.checkpoints import checkpoint_payload, sign_checkpoint
 from computemesh.store import AllocationRepository, JobRepository, open_database
 from computemesh.store.checkpoints import StoredCheckpoint
 from computemesh.transport import MemoryHub, MemoryTransport
+from tests.unit.test_actor_retry import LossyHub
 
 FAST = OrchestratorSettings(bid_window_s=0.3, placement_timeout_s=2.0, fetch_interval_s=0.5)
 HARDWARE = Hardware(cpu_count=2, architecture="x86_64", memory_mb=4096, disk_mb=10_000)
@@ -149,8 +150,13 @@ def make_node(hub: MemoryHub, home: Path, executor: CountingExecutor) -> Provide
 
 
 @pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    hub = MemoryHub()
+def hub() -> LossyHub:
+    """The bus, losing checkpoint fetches only when a test says how many."""
+    return LossyHub(behaviours.CHECKPOINT_FETCH, count=0)
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path, hub: LossyHub) -> AsyncIterator[Mesh]:
     executors = [CountingExecutor(), CountingExecutor()]
     nodes = [make_node(hub, tmp_path / f"n{i}", ex) for i, ex in enumerate(executors)]
     for node in nodes:
@@ -220,6 +226,26 @@ async def test_counter_stopped_half_way_resumes_on_another_node(mesh: Mesh) -> N
     steps_per_interval = interval / STEP_S
     assert last_step_first - resumed_at <= steps_per_interval + 1
     assert result["body"]["usage"]["bytes_out"] >= output["size"]
+
+
+async def test_a_checkpoint_fetch_lost_on_the_bus_is_asked_again(mesh: Mesh, hub: LossyHub) -> None:
+    orchestrator, target = mesh.orchestrator, 40
+    job_id = orchestrator.submit(counter_job(target))
+    (contract,) = await orchestrator.place(job_id)
+    first = next(node for node in mesh.nodes if node.did == contract["terms"]["provider"])
+    await wait_for_step(orchestrator, job_id, target // 2)
+    await first.stop()
+    assert orchestrator.jobs.checkpoints.latest(job_id) is not None
+
+    hub.left_to_drop = 1  # the resuming node's first fetch is lost, as in a hub failover
+    (second,) = await orchestrator.resume(job_id, exclude=[first.did])
+    record = await orchestrator.await_outcome(job_id, timeout=25)
+
+    assert record.status == "completed", record.reason
+    assert hub.dropped == 1
+    assert record.results[0]["body"]["provider"] == second["terms"]["provider"]
+    text = "".join(chunk.data for chunk in orchestrator.jobs.logs.after(job_id))
+    assert int(re.findall(r"resumed at step (\d+)", text)[0]) > 0
 
 
 async def test_checkpoints_are_pushed_signed_and_sequenced(mesh: Mesh) -> None:

@@ -39,10 +39,19 @@ ACTOR_SUBJECT_PREFIX = "mesh.actor."
 TOPIC_SUBJECT_PREFIX = "mesh.topic."
 DEFAULT_MAX_IN_FLIGHT = 256
 
-IDEMPOTENT_REQUESTS = frozenset({behaviours.COMMIT, behaviours.RESULT_FETCH, behaviours.CANCEL})
+IDEMPOTENT_REQUESTS = frozenset(
+    {
+        behaviours.COMMIT,
+        behaviours.RESULT_FETCH,
+        behaviours.CANCEL,
+        behaviours.CHECKPOINT_FETCH,
+        behaviours.PING,
+    }
+)
 """Requests safe to send again: a commit names its contract id, and a provider that already
-holds that contract answers with it instead of taking a second one; a result fetch reads; a
-cancel of an allocation already stopped answers with its state."""
+holds that contract answers with it instead of taking a second one; a result fetch and a
+checkpoint fetch read; a cancel of an allocation already stopped answers with its state; a
+ping only echoes."""
 RETRYABLE_TRANSPORT_CODES = frozenset({"no_responders", "disconnected"})
 
 
@@ -175,18 +184,25 @@ class Actor:
         await self.send(topic(topic_name), behavior, payload)
 
     async def request(
-        self, recipient: str, behavior: str, payload: Mapping[str, Any], *, timeout: float
+        self,
+        recipient: str,
+        behavior: str,
+        payload: Mapping[str, Any],
+        *,
+        timeout: float,
+        once: bool = False,
     ) -> dict[str, Any]:
         """Ask one actor and return its verified reply payload.
 
         Requests in ``IDEMPOTENT_REQUESTS`` that time out or find no responder are retried
-        within ``timeout`` as ``self.retry`` says; others are sent once.
+        within ``timeout`` as ``self.retry`` says; others are sent once, and so is any with
+        ``once`` (a round-trip measurement, which a retry would make measure the retries).
 
         Raises ``RequestTimeout``/``TransportError`` from the bus, ``EnvelopeRejected`` if the
         reply does not verify as coming from ``recipient``, and ``RemoteError`` carrying the
         remote code when the recipient answered with an error.
         """
-        if behavior not in IDEMPOTENT_REQUESTS:
+        if once or behavior not in IDEMPOTENT_REQUESTS:
             return await self._request_once(recipient, behavior, payload, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -243,7 +243,7 @@ def checked_ping(payload: Mapping[str, Any]) -> dict[str, int]:
 async def ping(actor: Actor, did: str, *, timeout: float) -> float:
     """One round trip to ``did`` in ms (raises MeshError when it does not answer)."""
     started = time.perf_counter()
-    await actor.request(did, behaviours.PING, ping_payload(), timeout=timeout)
+    await actor.request(did, behaviours.PING, ping_payload(), timeout=timeout, once=True)
     return (time.perf_counter() - started) * 1000.0
 
 
