@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from computemesh.matching import max_charge, rank_bids, unmet_requirements
 from computemesh.models.job import JobSpec
-from computemesh.models.market import Advertisement, Bid, Capacity, GpuInfo, Hardware
+from computemesh.models.market import Advertisement, Bid, Capacity, GpuInfo, Hardware, Rates
 
 PROVIDER = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
 OTHER = "did:key:z6MknGc3ocHs3zdPiJbnaaqDi58NGb4pk1Sp9WxWufuXSdxf"
@@ -74,7 +74,8 @@ def test_executor_and_gpu_requirements() -> None:
 
 
 def test_max_charge_bills_cpu_hours() -> None:
-    assert max_charge(spec(resources={"cpu": 2}, timeout_s=1800), 0.5) == 0.5
+    rates = Rates(price_per_cpu_hour=0.5)
+    assert max_charge(spec(resources={"cpu": 2}, timeout_s=1800), rates) == 0.5
 
 
 def test_ranking_is_cheapest_first_and_deterministic() -> None:
@@ -88,6 +89,6 @@ def test_ranking_is_cheapest_first_and_deterministic() -> None:
         )
 
     bids = [(OTHER, bid(0.2)), (PROVIDER, bid(0.1)), ("did:key:zA", bid(0.1))]
-    ranked = [did for did, _ in rank_bids(bids)]
+    ranked = [did for did, _ in rank_bids(spec(), bids)]
     assert ranked == [PROVIDER, "did:key:zA", OTHER]
-    assert ranked == [did for did, _ in rank_bids(list(reversed(bids)))]
+    assert ranked == [did for did, _ in rank_bids(spec(), list(reversed(bids)))]

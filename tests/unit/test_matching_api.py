@@ -46,11 +46,8 @@ def test_per_offer_functions_keep_their_signatures() -> None:
         "offer",
         "provider",
     ]
-    assert list(inspect.signature(matching.max_charge).parameters) == [
-        "spec",
-        "price_per_cpu_hour",
-    ]
-    assert list(inspect.signature(matching.rank_bids).parameters) == ["bids"]
+    assert list(inspect.signature(matching.max_charge).parameters) == ["spec", "rates"]
+    assert list(inspect.signature(matching.rank_bids).parameters) == ["spec", "bids"]
 
 
 def test_results_are_json_ready() -> None:

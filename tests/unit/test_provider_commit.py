@@ -13,7 +13,7 @@ from computemesh.actor import Actor, behaviours
 from computemesh.identity import Identity, sign_document
 from computemesh.models.errors import RemoteError
 from computemesh.models.job import JobSpec
-from computemesh.models.market import ContractTerms, Hardware
+from computemesh.models.market import ContractTerms, Hardware, Rates
 from computemesh.node.provider import ProviderNode
 from computemesh.node.settings import NodeSettings
 from computemesh.orchestrator.specfile import resolve_inputs
@@ -24,6 +24,12 @@ from tests.fakes import FakeExecutor
 
 HARDWARE = Hardware(cpu_count=2, architecture="x86_64", memory_mb=4096, disk_mb=10_000)
 PRICE = 0.1
+RATES = Rates(
+    price_per_cpu_hour=PRICE,
+    price_per_billion_fuel=0.001,
+    price_per_gb_out=0.02,
+    price_per_gb_hour=0.005,
+)
 
 
 @pytest.fixture
@@ -32,7 +38,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[ProviderNode, Actor, Fake
     executor = FakeExecutor()
     node = ProviderNode(
         actor=Actor(identity=Identity.generate(), transport=MemoryTransport(hub)),
-        settings=NodeSettings(home=tmp_path, price_per_cpu_hour=PRICE),
+        settings=NodeSettings(home=tmp_path, **RATES.model_dump()),
         hardware=HARDWARE,
         allocations=AllocationRepository(open_database("sqlite://")),
         executors={"process": executor},
@@ -57,7 +63,7 @@ def terms_for(consumer: str, provider: str, job: JobSpec, **overrides: Any) -> C
         "consumer": consumer,
         "provider": provider,
         "spec_sha256": spec_digest(job),
-        "price_per_cpu_hour": PRICE,
+        **RATES.model_dump(),
         "max_charge": 1.0,
         "created_at_ms": int(time.time() * 1000),
         **overrides,
@@ -95,6 +101,10 @@ async def test_valid_proposal_is_countersigned_stored_and_run(setup: Any) -> Non
         ("other_provider", "verification_failed"),
         ("signed_by_someone_else", "wrong_signer"),
         ("price_too_low", "price_too_low"),
+        ("fuel_price_too_low", "price_too_low"),
+        ("output_price_too_low", "price_too_low"),
+        ("memory_price_too_low", "price_too_low"),
+        ("cap_too_low", "price_too_low"),
         ("too_big", "cannot_run"),
         ("not_a_document", "bad_document"),
     ],
@@ -115,6 +125,15 @@ async def test_bad_proposals_are_refused(setup: Any, case: str, code: str) -> No
     elif case == "price_too_low":
         cheap = terms_for(consumer.did, node.did, job, price_per_cpu_hour=PRICE / 2)
         proposal = propose_contract(consumer.identity, cheap)
+    elif case.endswith("_price_too_low"):
+        rate = {"fuel": "price_per_billion_fuel", "output": "price_per_gb_out"}.get(
+            case.split("_")[0], "price_per_gb_hour"
+        )
+        cheap = terms_for(consumer.did, node.did, job, **{rate: 0.0})
+        proposal = propose_contract(consumer.identity, cheap)
+    elif case == "cap_too_low":
+        capped = terms_for(consumer.did, node.did, job, max_charge=0.0001)
+        proposal = propose_contract(consumer.identity, capped)
     elif case == "too_big":
         job = spec(resources={"cpu": 64})
         sent = job.model_dump(mode="json")

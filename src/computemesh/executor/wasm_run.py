@@ -49,14 +49,8 @@ from wasmtime import (
 from computemesh.executor.base import SandboxLimits
 from computemesh.executor.checkpoint import SANDBOX_CHECKPOINT_DIR
 from computemesh.executor.wasm_module import ENTRY_POINT, WASI_MODULE, first_line
+from computemesh.models.job import FUEL_PER_CPU_SECOND
 
-FUEL_PER_CPU_SECOND = 5_000_000_000
-"""The default fuel budget per second of the job's CPU-time limit.
-
-Measured on the reference machine (2-core x86_64 VM): simple integer loops burn 2.8 to
-4.7 billion fuel per second of CPU. Rounded up, so that a job runs out of CPU time (wall
-time, for wasm) rather than fuel when it asks for none; fuel is the same on every host.
-"""
 WORK_DIR_GUEST_PATH = "/work"
 MAX_TABLE_ELEMENTS = 1_000_000
 MAX_TABLES = 8

@@ -15,8 +15,6 @@ Over an index of advertisements (the consumer's orchestrator):
 from computemesh.matching.batch import BatchResult, Placement, assign_batch
 from computemesh.matching.constraints import (
     failed_constraints,
-    max_charge,
-    rank_bids,
     unmet_requirements,
 )
 from computemesh.matching.cpsat import SolverLimits
@@ -25,6 +23,7 @@ from computemesh.matching.ensemble import EnsemblePlacement, place_ensemble
 from computemesh.matching.explain import ConstraintEffect, Explanation, NearMiss, explain
 from computemesh.matching.index import NodeIndex
 from computemesh.matching.plausibility import implausible_values
+from computemesh.matching.price import max_charge, rank_bids
 from computemesh.matching.requirement import CHECK_ORDER, Requirement
 from computemesh.matching.scoring import ScoreBreakdown
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from computemesh.matching.plausibility import implausible_values
 from computemesh.matching.requirement import Amounts, Requirement
 from computemesh.models.job import JobSpec
-from computemesh.models.market import Advertisement, Bid, GpuInfo
+from computemesh.models.market import RATE_UNITS, Advertisement, GpuInfo
 
 Check = Callable[[Requirement, Advertisement, str, Amounts], str | None]
 
@@ -175,11 +175,12 @@ def _architecture(
 
 
 def _price(need: Requirement, offer: Advertisement, provider: str, free: Amounts) -> str | None:
-    limit = need.filters.max_price
-    assert limit is not None
-    if offer.price_per_cpu_hour <= limit:
-        return None
-    return f"price: {offer.price_per_cpu_hour:g}/cpu-hour above max {limit:g}"
+    above = [
+        f"{getattr(offer, name):g}/{RATE_UNITS[name]} above max {limit:g}"
+        for name, limit in need.filters.max_rates
+        if getattr(offer, name) > limit
+    ]
+    return f"price: {'; '.join(above)}" if above else None
 
 
 def _provider(need: Requirement, offer: Advertisement, provider: str, free: Amounts) -> str | None:
@@ -235,13 +236,3 @@ CHECKS: dict[str, Check] = {
     "reputation": _reputation,
     "pinned": _pinned,
 }
-
-
-def max_charge(spec: JobSpec, price_per_cpu_hour: float) -> float:
-    """The most a job can cost at this rate: cpu x timeout, billed per cpu-hour."""
-    return round(price_per_cpu_hour * spec.resources.cpu * spec.timeout_s / 3600.0, 9)
-
-
-def rank_bids(bids: list[tuple[str, Bid]]) -> list[tuple[str, Bid]]:
-    """Cheapest first; ties broken by provider DID so the choice is deterministic."""
-    return sorted(bids, key=lambda item: (item[1].price_per_cpu_hour, item[0]))

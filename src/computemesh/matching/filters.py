@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from computemesh.matching.index import NodeIndex
 from computemesh.matching.requirement import CAPACITY_CHECKS, Requirement
 from computemesh.matching.vocabulary import Vocabulary
+from computemesh.models.market import RATE_FIELDS
 
 Mask = NDArray[np.bool_]
 Capacity = NDArray[np.float64]
@@ -141,9 +142,10 @@ def _architecture(index: NodeIndex, need: Requirement, free: Capacity) -> Mask:
 
 
 def _price(index: NodeIndex, need: Requirement, free: Capacity) -> Mask:
-    limit = need.filters.max_price
-    assert limit is not None
-    return index.price[: index.size] <= limit
+    mask = np.ones(index.size, dtype=bool)
+    for name, limit in need.filters.max_rates:
+        mask &= index.rates[RATE_FIELDS.index(name), : index.size] <= limit
+    return mask
 
 
 def _provider(index: NodeIndex, need: Requirement, free: Capacity) -> Mask:

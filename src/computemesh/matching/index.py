@@ -40,7 +40,7 @@ from computemesh.matching.scoring import (
 )
 from computemesh.matching.vocabulary import Vocabulary
 from computemesh.models.job import DID_PATTERN, Resources
-from computemesh.models.market import Advertisement, Capacity
+from computemesh.models.market import RATE_FIELDS, Advertisement, Capacity
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class NodeIndex:
         self.country = np.zeros(0, dtype=np.int32)
         self.city = np.zeros(0, dtype=np.int32)
         self.org_codes = np.zeros((MAX_ORGANISATIONS, 0), dtype=np.int32)
-        self.price = np.zeros(0, dtype=np.float64)
+        self.rates = np.zeros((len(RATE_FIELDS), 0), dtype=np.float64)
+        """``rates[i, row]``: the node's rate named ``RATE_FIELDS[i]``."""
         self.reputation = np.zeros(0, dtype=np.float64)
         self.scores = np.zeros((len(SCORE_ROWS), 0), dtype=np.float64)
         """Job-independent quality scores; rows in ``SCORE_ROWS`` order."""
@@ -323,7 +324,7 @@ class NodeIndex:
         for slot, name in enumerate(sorted(set(offer.organisations))[:MAX_ORGANISATIONS]):
             self.org_codes[slot, row] = self.organisations.code(name)
         self.org_slots = max(self.org_slots, len(set(offer.organisations)))
-        self.price[row] = offer.price_per_cpu_hour
+        self.rates[:, row] = [getattr(offer, name) for name in RATE_FIELDS]
         self._write_reputation(row, offer)
         self.scores[0, row] = price_score(offer.price_per_cpu_hour)
         self.scores[3, row] = success_score(*self._track.get(self.did_at(row), (0, 0)))
@@ -376,7 +377,7 @@ _FILLS: dict[str, object] = {
     "country": -1,
     "city": -1,
     "org_codes": -1,
-    "price": 0.0,
+    "rates": 0.0,
     "reputation": np.nan,
     "scores": 0.0,
 }

@@ -1,8 +1,9 @@
 """Advertisements that cannot be true: refused before any matcher trusts their numbers.
 
 A validated ``Advertisement`` can still claim what no machine has: more free capacity than
-it has in total, infinite prices or latencies, petabytes of RAM. Such an offer is refused
-whole (the index drops it, the per-offer check turns it into one reason per problem).
+it has in total, infinite latencies, petabytes of RAM. Such an offer is refused whole (the
+index drops it, the per-offer check turns it into one reason per problem). Rates are bounded
+by the model itself (``models.market.Rates``): an advertisement with a bad rate never parses.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ MAX_DISK_MB = 1024 * 1024 * 1024
 """1 PiB of local disk."""
 MAX_VRAM_MB = 1024 * 1024
 """1 TiB per GPU."""
-MAX_PRICE_PER_CPU_HOUR = 1_000_000.0
 MAX_LATENCY_MS = 60_000.0
 CPU_TOLERANCE = 1e-9
 
@@ -61,9 +61,6 @@ def _free_problems(offer: Advertisement) -> list[str]:
 
 def _market_problems(offer: Advertisement) -> list[str]:
     problems = []
-    price = offer.price_per_cpu_hour
-    if not (math.isfinite(price) and 0 <= price <= MAX_PRICE_PER_CPU_HOUR):
-        problems.append(f"price_per_cpu_hour {price} is outside 0..{MAX_PRICE_PER_CPU_HOUR:g}")
     reputation = offer.reputation
     if reputation is not None and not (math.isfinite(reputation) and 0 <= reputation <= 1):
         problems.append(f"reputation {reputation} is outside 0..1")

@@ -60,7 +60,8 @@ class Filters(NamedTuple):
     regions: tuple[str, ...]
     exclude_regions: tuple[str, ...]
     architectures: tuple[str, ...]
-    max_price: float | None
+    max_rates: tuple[tuple[str, float], ...]
+    """(rate field of ``models.market.Rates``, highest accepted) for each rate capped."""
     providers: tuple[str, ...]
     exclude_providers: tuple[str, ...]
     countries: tuple[str, ...]
@@ -121,7 +122,7 @@ class Requirement(NamedTuple):
             "gpu_spec": rules.gpu is not None,
             "region": bool(rules.regions or rules.exclude_regions),
             "architecture": bool(rules.architectures),
-            "price": rules.max_price is not None,
+            "price": bool(rules.max_rates),
             "provider": bool(rules.providers or rules.exclude_providers),
             "country": bool(rules.countries or rules.exclude_countries),
             "city": bool(rules.cities or rules.exclude_cities),
@@ -141,7 +142,7 @@ def _filters(spec: JobSpec, gpu: GpuNeed | None) -> Filters:
         regions=tuple(rules.regions),
         exclude_regions=tuple(rules.exclude_regions),
         architectures=tuple(rules.architectures),
-        max_price=rules.max_price_per_cpu_hour,
+        max_rates=_max_rates(spec),
         providers=tuple(rules.providers),
         exclude_providers=tuple(rules.exclude_providers),
         countries=tuple(rules.countries),
@@ -155,8 +156,19 @@ def _filters(spec: JobSpec, gpu: GpuNeed | None) -> Filters:
 
 
 _ONLY_PREFERENCES = frozenset({"preferences"})
-_NO_RULES = ((), (), (), None, (), (), (), (), (), (), (), None, None)
+_NO_RULES = ((), (), (), (), (), (), (), (), (), (), (), None, None)
 """Every field of ``Filters`` after ``gpu`` when no constraint is set."""
+
+
+def _max_rates(spec: JobSpec) -> tuple[tuple[str, float], ...]:
+    rules = spec.constraints
+    limits = (
+        ("price_per_cpu_hour", rules.max_price_per_cpu_hour),
+        ("price_per_billion_fuel", rules.max_price_per_billion_fuel),
+        ("price_per_gb_out", rules.max_price_per_gb_out),
+        ("price_per_gb_hour", rules.max_price_per_gb_hour),
+    )
+    return tuple((name, limit) for name, limit in limits if limit is not None)
 
 
 def _gpu_need(spec: JobSpec) -> GpuNeed | None:

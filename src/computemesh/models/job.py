@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import posixpath
 import re
 from typing import Annotated, Literal, Self
@@ -12,6 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_INLINE_INPUT_BYTES = 512 * 1024
 """Inputs travel inside signed envelopes (1 MiB by default), so each is bounded."""
+
+FUEL_PER_CPU_SECOND = 5_000_000_000
+"""The default fuel budget of a wasm job per second of its CPU-time limit.
+
+Measured on the reference machine (2-core x86_64 VM): simple integer loops burn 2.8 to
+4.7 billion fuel per second of CPU. Rounded up, so that a job runs out of CPU time (wall
+time, for wasm) rather than fuel when it asks for none; fuel is the same on every host.
+"""
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 DID_PATTERN = r"^did:key:z[1-9A-HJ-NP-Za-km-z]+$"
@@ -183,6 +192,15 @@ class Constraints(_Strict):
     exclude_cities: list[City] = Field(default_factory=list)
     architectures: list[Architecture] = Field(default_factory=list)
     max_price_per_cpu_hour: float | None = Field(default=None, ge=0)
+    max_price_per_billion_fuel: float | None = Field(
+        default=None, ge=0, description="Highest accepted price per 10^9 wasm fuel."
+    )
+    max_price_per_gb_out: float | None = Field(
+        default=None, ge=0, description="Highest accepted price per 10^9 bytes of output."
+    )
+    max_price_per_gb_hour: float | None = Field(
+        default=None, ge=0, description="Highest accepted price per GB-hour of peak memory."
+    )
     providers: list[Did] = Field(
         default_factory=list, description="Allowed provider DIDs; empty: any."
     )
@@ -400,6 +418,19 @@ class JobSpec(_Strict):
     def is_resolved(self) -> bool:
         """True when every input is inline and content-addressed (ready to send)."""
         return all(item.source is None and item.sha256 is not None for item in self.inputs)
+
+    def cpu_time_limit_s(self) -> float:
+        """The CPU seconds one allocation may use: cpu x timeout, rounded up, at least 1."""
+        return max(1.0, float(math.ceil(self.timeout_s * self.resources.cpu)))
+
+    def fuel_limit(self) -> int | None:
+        """A wasm job's fuel budget: ``fuel``, else ``FUEL_PER_CPU_SECOND`` per second of
+        its CPU-time limit; None for the other executors, which are not fuel-metered."""
+        if self.executor != "wasm":
+            return None
+        if self.fuel is not None:
+            return self.fuel
+        return math.ceil(self.cpu_time_limit_s() * FUEL_PER_CPU_SECOND)
 
     fuel: int | None = Field(
         default=None,

@@ -24,10 +24,52 @@ from computemesh.models.job import (
 HEX64 = r"^[0-9a-f]{64}$"
 ID_PATTERN = r"^[0-9a-f]{32}$"
 MAX_ASKED = 256
+MAX_RATE = 1_000_000.0
+"""The highest rate, in credits per unit, any price may name."""
+
+Rate = Annotated[float, Field(ge=0, le=MAX_RATE, allow_inf_nan=False)]
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rates(_Wire):
+    """What a provider charges per metered quantity, in credits (``settlement.pricing``).
+
+    Advertisements, bids and contract terms extend this model, so the rates travel flat
+    beside their other fields. The rates added after ``price_per_cpu_hour`` default to 0,
+    so contracts stored before them still read (and price) as they were signed.
+    """
+
+    price_per_cpu_hour: Rate
+    price_per_billion_fuel: Rate = Field(
+        default=0.0, description="Per 10^9 units of wasm fuel: wasm jobs are priced by fuel."
+    )
+    price_per_gb_out: Rate = Field(
+        default=0.0, description="Per 10^9 bytes of output (stdout, stderr, files, checkpoints)."
+    )
+    price_per_gb_hour: Rate = Field(
+        default=0.0, description="Per 10^9 bytes of peak memory held for an hour of wall time."
+    )
+
+    @property
+    def rates(self) -> Rates:
+        """The rates alone, without the fields of the model that carries them."""
+        return Rates.model_validate({name: getattr(self, name) for name in RATE_FIELDS})
+
+
+RATE_FIELDS = tuple(Rates.model_fields)
+RATE_UNITS = {
+    "price_per_cpu_hour": "cpu-hour",
+    "price_per_billion_fuel": "billion fuel",
+    "price_per_gb_out": "GB out",
+    "price_per_gb_hour": "GB-hour",
+}
+"""What each rate is per, for messages."""
+SECONDS_PER_HOUR = 3600
+FUEL_PER_BILLION = 10**9
+BYTES_PER_GB = 10**9
 
 
 class GpuInfo(_Wire):
@@ -61,13 +103,12 @@ class Capacity(_Wire):
     gpu_count: int = Field(ge=0)
 
 
-class Advertisement(_Wire):
+class Advertisement(Rates):
     """A provider's signed statement of what it offers; the sender DID is the provider."""
 
     hardware: Hardware
     region: Region
     executors: list[str] = Field(max_length=16)
-    price_per_cpu_hour: float = Field(ge=0)
     sandboxed: bool
     free: Capacity
     version: str = Field(max_length=32)
@@ -109,11 +150,14 @@ class BidRequest(_Wire):
     )
 
 
-class Bid(_Wire):
+class Bid(Rates):
+    """A provider's offer to run a job at its advertised rates."""
+
     request_id: str = Field(pattern=ID_PATTERN)
     job_id: str = Field(pattern=ID_PATTERN)
-    price_per_cpu_hour: float = Field(ge=0)
-    max_charge: float = Field(ge=0, description="price x cpu x timeout: the most this job costs.")
+    max_charge: float = Field(
+        ge=0, description="The most this job costs at these rates (matching.max_charge)."
+    )
     advertisement: Advertisement
 
 
@@ -125,16 +169,15 @@ class BidRefusal(_Wire):
     reasons: list[str] = Field(max_length=32)
 
 
-class ContractTerms(_Wire):
-    """The agreement both sides sign: this provider runs this spec at this price."""
+class ContractTerms(Rates):
+    """The agreement both sides sign: this provider runs this spec at these rates."""
 
     contract_id: str = Field(pattern=ID_PATTERN)
     job_id: str = Field(pattern=ID_PATTERN)
     consumer: Did
     provider: Did
     spec_sha256: str = Field(pattern=HEX64)
-    price_per_cpu_hour: float = Field(ge=0)
-    max_charge: float = Field(ge=0)
+    max_charge: float = Field(ge=0, allow_inf_nan=False)
     created_at_ms: int = Field(ge=0)
     resume_from: str | None = Field(
         default=None, pattern=HEX64, description="sha256 of the checkpoint the job resumes from."
@@ -142,8 +185,10 @@ class ContractTerms(_Wire):
 
 
 class ResourceUsage(_Wire):
-    wall_s: float = Field(ge=0)
-    cpu_s: float = Field(ge=0)
+    """What one run used, as its provider metered it: what it is priced by."""
+
+    wall_s: float = Field(ge=0, allow_inf_nan=False)
+    cpu_s: float = Field(ge=0, allow_inf_nan=False)
     max_rss_kb: int = Field(ge=0)
     fuel: int | None = Field(default=None, ge=0, description="WASM fuel consumed, if metered.")
     bytes_out: int = Field(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -20,6 +19,7 @@ from computemesh.actor import Actor, Inbound, Supervisor, behaviours
 from computemesh.executor import ExecutionRequest, ExecutionResult, SandboxLimits
 from computemesh.executor.base import Executor, run_to_completion
 from computemesh.matching import max_charge, unmet_requirements
+from computemesh.matching.price import underpriced_terms
 from computemesh.models.errors import MeshError, SpecError, VerificationError
 from computemesh.models.job import JobSpec
 from computemesh.models.market import (
@@ -145,7 +145,7 @@ class ProviderNode:
             hardware=self.hardware,
             region=self.settings.region,
             executors=sorted(self.executors),
-            price_per_cpu_hour=self.settings.price_per_cpu_hour,
+            **self.settings.rates().model_dump(),
             sandboxed=self.settings.sandbox and bool(self.executors),
             free=self.ledger.free(),
             version=__version__,
@@ -207,12 +207,12 @@ class ProviderNode:
                 inbound.sender, behaviours.BID_REFUSAL, refusal.model_dump(mode="json")
             )
             return
-        price = self.settings.price_per_cpu_hour
+        rates = self.settings.rates()
         bid = Bid(
+            **rates.model_dump(),
             request_id=request.request_id,
             job_id=request.job_id,
-            price_per_cpu_hour=price,
-            max_charge=max_charge(request.spec, price),
+            max_charge=max_charge(request.spec, rates),
             advertisement=self.advertisement(),
         )
         await self.actor.send(inbound.sender, behaviours.BID, bid.model_dump(mode="json"))
@@ -232,8 +232,9 @@ class ProviderNode:
         reasons = self.refusal_reasons(spec)
         if reasons:
             raise MeshError("; ".join(reasons), code="cannot_run", retryable=True)
-        if terms.price_per_cpu_hour < self.settings.price_per_cpu_hour:
-            raise MeshError("contract price is below this node's price", code="price_too_low")
+        underpriced = underpriced_terms(terms, spec, self.settings.rates())
+        if underpriced:
+            raise MeshError("; ".join(underpriced), code="price_too_low")
         if self.settlement is not None:
             require_escrow(self.settlement, terms)
         if not self.ledger.reserve(terms.contract_id, spec.resources):
@@ -340,7 +341,7 @@ class ProviderNode:
         inputs = [(item.path, item.inline_bytes() or b"", item.executable) for item in spec.inputs]
         limits = SandboxLimits(
             wall_time_s=spec.timeout_s,
-            cpu_time_s=max(1.0, math.ceil(spec.timeout_s * spec.resources.cpu)),
+            cpu_time_s=spec.cpu_time_limit_s(),
             memory_mb=spec.resources.memory_mb,
             max_processes=self.settings.max_processes,
             max_file_mb=spec.resources.disk_mb,

@@ -7,9 +7,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from computemesh.models.job import PACKAGE_NAME_PATTERN, REGION_PATTERN
+from computemesh.models.job import FUEL_PER_CPU_SECOND, PACKAGE_NAME_PATTERN, REGION_PATTERN
+from computemesh.models.market import FUEL_PER_BILLION, SECONDS_PER_HOUR, Rate, Rates
 from computemesh.node.faults import parse_fault
 from computemesh.node.latency import ProbeSettings
+
+FUEL_PER_CPU_HOUR = FUEL_PER_CPU_SECOND * SECONDS_PER_HOUR
 
 
 class NodeSettings(BaseModel):
@@ -17,7 +20,16 @@ class NodeSettings(BaseModel):
 
     home: Path
     region: str = Field(default="local", pattern=REGION_PATTERN)
-    price_per_cpu_hour: float = Field(default=0.10, ge=0)
+    price_per_cpu_hour: Rate = 0.10
+    price_per_billion_fuel: Rate | None = Field(
+        default=None,
+        description="Wasm jobs are priced by fuel; default: the CPU rate spread over the "
+        "fuel budget of a CPU-second (FUEL_PER_CPU_SECOND).",
+    )
+    price_per_gb_out: Rate = Field(default=0.01, description="Per 10^9 bytes of output.")
+    price_per_gb_hour: Rate = Field(
+        default=0.0, description="Per 10^9 bytes of peak memory for an hour; 0: in the CPU rate."
+    )
     sandbox: bool = True
     allow_network: bool = Field(
         default=False, description="Give network access to jobs that declare they need it."
@@ -52,6 +64,18 @@ class NodeSettings(BaseModel):
         if value is not None:
             parse_fault(value)
         return value
+
+    def rates(self) -> Rates:
+        """The rates this node advertises, bids and signs contracts at."""
+        fuel = self.price_per_billion_fuel
+        if fuel is None:
+            fuel = round(self.price_per_cpu_hour * FUEL_PER_BILLION / FUEL_PER_CPU_HOUR, 12)
+        return Rates(
+            price_per_cpu_hour=self.price_per_cpu_hour,
+            price_per_billion_fuel=fuel,
+            price_per_gb_out=self.price_per_gb_out,
+            price_per_gb_hour=self.price_per_gb_hour,
+        )
 
     def probe_settings(self) -> ProbeSettings:
         return ProbeSettings(

@@ -425,7 +425,7 @@ class Orchestrator:
         fitting = [(provider, bid) for provider, bid in fitting if provider not in exclude]
         contracts: list[dict[str, Any]] = []
         failures: list[str] = []
-        for provider, bid in rank_bids(fitting):
+        for provider, bid in rank_bids(spec, fitting):
             if len(contracts) == wanted:
                 break
             try:
@@ -565,8 +565,8 @@ class Orchestrator:
             reputation = self.verification.reputation_of(provider)
             advert = bid.advertisement.model_copy(update={"reputation": reputation})
             reasons = unmet_requirements(spec, advert, provider)
-            if bid.price_per_cpu_hour != bid.advertisement.price_per_cpu_hour:
-                reasons.append("bid price differs from its advertisement")
+            if bid.rates != bid.advertisement.rates:
+                reasons.append("bid rates differ from its advertisement")
             if reasons:
                 rejected.append(f"{abbreviate_did(provider)}: bid set aside: {'; '.join(reasons)}")
             else:
@@ -629,8 +629,8 @@ class Orchestrator:
             consumer=self.actor.did,
             provider=provider,
             spec_sha256=spec_digest(spec),
-            price_per_cpu_hour=bid.price_per_cpu_hour,
-            max_charge=max_charge(spec, bid.price_per_cpu_hour),
+            **bid.rates.model_dump(),
+            max_charge=max_charge(spec, bid.rates),
             created_at_ms=int(time.time() * 1000),
             resume_from=self.checkpoints.latest_digest(job_id),
         )

@@ -25,8 +25,8 @@ def verify_result(document: object, *, terms: ContractTerms, spec: JobSpec) -> J
     """The result, if signed by the contract's provider and its outputs check.
 
     Raises VerificationError naming the first problem: signature, contract or job mismatch,
-    an output the spec did not ask for, or an output whose bytes do not hash to what was
-    signed.
+    fuel that does not fit the executor (``fuel_problem``), an output the spec did not ask
+    for, or an output whose bytes do not hash to what was signed.
     """
     try:
         body = verify_document(document, kind=RESULT_KIND, signer=terms.provider)
@@ -37,6 +37,9 @@ def verify_result(document: object, *, terms: ContractTerms, spec: JobSpec) -> J
         raise VerificationError("result names another provider than its signer")
     if (result.contract_id, result.job_id) != (terms.contract_id, terms.job_id):
         raise VerificationError("result belongs to another contract or job")
+    problem = fuel_problem(result, spec)
+    if problem is not None:
+        raise VerificationError(problem, code="bad_result")
     declared = set(spec.outputs)
     for output in result.outputs:
         if output.path not in declared:
@@ -44,6 +47,23 @@ def verify_result(document: object, *, terms: ContractTerms, spec: JobSpec) -> J
         if output.content_b64 is not None:
             _check_output_bytes(output.path, output.content_b64, output.sha256, output.size)
     return result
+
+
+def fuel_problem(result: JobResult, spec: JobSpec) -> str | None:
+    """Why the fuel ``result`` reports cannot be true for ``spec``; None when it can.
+
+    Fuel is what a wasm result is priced by (``settlement.pricing``): only wasm jobs count
+    it, a wasm guest that ran to its end always has it, and it never exceeds the budget.
+    """
+    fuel, budget = result.usage.fuel, spec.fuel_limit()
+    if budget is None:
+        return None if fuel is None else f"a {spec.executor} job reports wasm fuel"
+    if fuel is None:
+        ran_to_end = result.status == "completed" or result.exit_code is not None
+        return "a wasm result that ran to its end reports no fuel" if ran_to_end else None
+    if fuel > budget:
+        return f"reports {fuel} fuel, more than the job's budget of {budget}"
+    return None
 
 
 def _check_output_bytes(path: str, content_b64: str, sha256: str, size: int) -> None:
