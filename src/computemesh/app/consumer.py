@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ from computemesh.identity import load_or_create_identity
 from computemesh.models.errors import MeshError
 from computemesh.models.job import REGION_PATTERN
 from computemesh.orchestrator import Orchestrator, OrchestratorSettings
+from computemesh.orchestrator.liveness import LivenessBounds
 from computemesh.orchestrator.verify_flow import VerificationSettings, consumer_verification
 from computemesh.settlement import Ledger
 from computemesh.store import JobRepository, open_database, sqlite_url
@@ -23,6 +25,16 @@ from computemesh.transport import NatsTransport
 
 RECOVERY_LOCK = "consumer.lock"
 ENV_REGION = "CMESH_REGION"
+ENV_SUSPECT_AFTER = "CMESH_SUSPECT_AFTER_S"
+ENV_DEAD_AFTER = "CMESH_DEAD_AFTER_S"
+MIN_SUSPECT_AFTER_S = 1.0
+"""Nodes beat once a second: a shorter silence is no sign of trouble."""
+MAX_DEAD_AFTER_S = LivenessBounds.max_outage_s
+LIVENESS_HINT = (
+    f"a node is suspect after --suspect-after (${ENV_SUSPECT_AFTER}) seconds of silence and "
+    f"declared dead after --dead-after (${ENV_DEAD_AFTER}); {MIN_SUSPECT_AFTER_S:g} <= "
+    f"suspect < dead <= {MAX_DEAD_AFTER_S:g}, e.g. --suspect-after 2.5 --dead-after 5"
+)
 
 
 def consumer_region(home: MeshHome, explicit: str | None = None) -> str | None:
@@ -48,6 +60,58 @@ def _local_mesh_region(home: MeshHome) -> str | None:
     first = nodes[0] if isinstance(nodes, list) and nodes else None
     region = first.get("region") if isinstance(first, dict) else None
     return region if isinstance(region, str) else None
+
+
+def failure_detection(
+    settings: OrchestratorSettings,
+    *,
+    suspect_after_s: float | None = None,
+    dead_after_s: float | None = None,
+) -> OrchestratorSettings:
+    """``settings`` with the failure detector's bounds: each one explicit (``--suspect-after``,
+    ``--dead-after``), else from ``$CMESH_SUSPECT_AFTER_S`` / ``$CMESH_DEAD_AFTER_S``, else
+    the one ``settings`` has.
+
+    Raises MeshError (``bad_liveness``) for a bound that is not a number of seconds, a
+    suspect bound under ``MIN_SUSPECT_AFTER_S``, a dead bound over ``MAX_DEAD_AFTER_S``, or
+    a suspect bound not below the dead one.
+    """
+    suspect = _bound(
+        suspect_after_s, "--suspect-after", ENV_SUSPECT_AFTER, settings.suspect_after_s
+    )
+    dead = _bound(dead_after_s, "--dead-after", ENV_DEAD_AFTER, settings.dead_after_s)
+    if suspect < MIN_SUSPECT_AFTER_S:
+        raise _bad_liveness(f"a node cannot be suspect after {suspect:g} s: under a heartbeat")
+    if dead > MAX_DEAD_AFTER_S:
+        raise _bad_liveness(f"a node declared dead after {dead:g} s is never declared dead")
+    if not suspect < dead:
+        raise _bad_liveness(
+            f"a node must be suspect ({suspect:g} s) before it is declared dead ({dead:g} s)"
+        )
+    return replace(settings, suspect_after_s=suspect, dead_after_s=dead)
+
+
+def _bound(explicit: float | None, option: str, variable: str, default: float) -> float:
+    """One bound in seconds: ``explicit`` (given as ``option``), else ``$variable``, else
+    ``default``."""
+    if explicit is not None:
+        value, source = explicit, f"{option} {explicit:g}"
+    else:
+        text = os.environ.get(variable)
+        if text is None or not text.strip():
+            return default
+        source = f"${variable}={text!r}"
+        try:
+            value = float(text)
+        except ValueError:
+            raise _bad_liveness(f"{source} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise _bad_liveness(f"{source} is not a positive number of seconds")
+    return value
+
+
+def _bad_liveness(message: str) -> MeshError:
+    return MeshError(message, code="bad_liveness", hint=LIVENESS_HINT)
 
 
 @contextmanager
@@ -81,6 +145,8 @@ async def consumer_session(
     verification: VerificationSettings | None = None,
     resume: bool = True,
     region: str | None = None,
+    suspect_after_s: float | None = None,
+    dead_after_s: float | None = None,
 ) -> AsyncIterator[Orchestrator]:
     """A started orchestrator on the mesh at ``nats_url``; stopped and disconnected on exit.
 
@@ -94,9 +160,15 @@ async def consumer_session(
     there lowers its audit rate.
 
     The consumer's region is ``settings.region`` when set, else ``consumer_region(home,
-    region)``.
+    region)``. The failure detector's bounds are ``suspect_after_s`` and ``dead_after_s``
+    when given, else those of the environment, else the settings' (``failure_detection``,
+    which raises MeshError ``bad_liveness`` before anything connects).
     """
-    settings = settings or OrchestratorSettings()
+    settings = failure_detection(
+        settings or OrchestratorSettings(),
+        suspect_after_s=suspect_after_s,
+        dead_after_s=dead_after_s,
+    )
     if settings.region is None:
         settings = replace(settings, region=consumer_region(home, region))
     jobs = open_jobs(home)

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from computemesh.app.consumer import consumer_session
+from computemesh.app.consumer import consumer_session, failure_detection
 from computemesh.app.home import MeshHome
 from computemesh.app.ledger_config import Backend
 from computemesh.app.localmesh import mesh_down, mesh_up
 from computemesh.models.errors import MeshError
 from computemesh.models.job import JobSpec
-from computemesh.orchestrator import Orchestrator
+from computemesh.orchestrator import Orchestrator, OrchestratorSettings
 from computemesh.orchestrator.specfile import load_job_spec
 from computemesh.settlement import UNITS_PER_CREDIT, Ledger, Receipt
 from computemesh.store import JobRecord
@@ -166,7 +166,16 @@ def run_demo(
     progress: Progress | None = None,
     on_mesh_up: Callable[[dict[str, Any]], None] | None = None,
     ledger: Backend | None = None,
+    suspect_after_s: float | None = None,
+    dead_after_s: float | None = None,
 ) -> DemoReport:
+    """Bring up a local mesh of ``nodes``, run ``jobs`` examples on it, tear it down.
+
+    ``suspect_after_s`` and ``dead_after_s`` bound the consumer's failure detector
+    (``app.consumer.failure_detection``, checked before the mesh starts)."""
+    settings = failure_detection(
+        OrchestratorSettings(), suspect_after_s=suspect_after_s, dead_after_s=dead_after_s
+    )
     examples = load_examples(find_examples_dir(examples_dir))
     demo_home = MeshHome(home.root / "demo")
     mesh_down(demo_home)
@@ -177,7 +186,7 @@ def run_demo(
     try:
         started = time.monotonic()
         report.rows, report.payments = asyncio.run(
-            _demo_session(demo_home, state, examples, jobs, progress)
+            _demo_session(demo_home, state, examples, jobs, progress, settings)
         )
         report.wall_s = time.monotonic() - started
     finally:
@@ -191,8 +200,9 @@ async def _demo_session(
     examples: list[ExampleJob],
     jobs: int,
     progress: Progress | None,
+    settings: OrchestratorSettings,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    async with consumer_session(home, state["nats_url"]) as orchestrator:
+    async with consumer_session(home, state["nats_url"], settings=settings) as orchestrator:
         await orchestrator.discover(window_s=0.5)
         rows = await run_jobs(orchestrator, examples, jobs, progress)
         if orchestrator.payments is None:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from computemesh.app.demo import DemoReport, run_demo
 from computemesh.cli.context import home_of
+from computemesh.cli.jobs import DeadAfterOption, SuspectAfterOption
 from computemesh.cli.mesh import ledger_backend
 from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
 from computemesh.settlement import format_credits
@@ -28,6 +29,8 @@ def demo(
     ledger: str | None = typer.Option(
         None, "--ledger", help="sqlite (embedded, the default) or evm (a local anvil chain)."
     ),
+    suspect_after: float | None = SuspectAfterOption,
+    dead_after: float | None = DeadAfterOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
     """Bring up a local mesh, run real example jobs on it, verify them, tear it down.
@@ -68,6 +71,8 @@ def demo(
                 progress=on_job,
                 on_mesh_up=on_mesh_up,
                 ledger=ledger_backend(ledger),
+                suspect_after_s=suspect_after,
+                dead_after_s=dead_after,
             )
         summary = report.summary()
         if as_json:

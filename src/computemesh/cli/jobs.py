@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,36 @@ RegionOption = typer.Option(
     help="This consumer's region, for round trips to providers "
     "(default: $CMESH_REGION, else the local mesh's first region).",
 )
+SuspectAfterOption = typer.Option(
+    None,
+    "--suspect-after",
+    help="Seconds of silence after which a node is suspect "
+    "(default: $CMESH_SUSPECT_AFTER_S, else 2.5).",
+)
+DeadAfterOption = typer.Option(
+    None,
+    "--dead-after",
+    help="Seconds of silence after which a node is declared dead and its jobs move "
+    "(default: $CMESH_DEAD_AFTER_S, else 5).",
+)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a command's options say about its consumer session (``consumer_session``)."""
+
+    region: str | None = None
+    suspect_after_s: float | None = None
+    dead_after_s: float | None = None
+
+    def session(self, home: MeshHome, url: str) -> AbstractAsyncContextManager[Orchestrator]:
+        return consumer_session(
+            home,
+            url,
+            region=self.region,
+            suspect_after_s=self.suspect_after_s,
+            dead_after_s=self.dead_after_s,
+        )
 
 
 def job_view(record: JobRecord, queue_position: int | None = None) -> dict[str, Any]:
@@ -115,10 +147,10 @@ async def _follow_queue(orchestrator: Orchestrator, job_id: str) -> None:
 
 
 async def _submit(
-    home: MeshHome, url: str, spec_path: Path, wait: bool, region: str | None
+    home: MeshHome, url: str, spec_path: Path, wait: bool, options: SessionOptions
 ) -> JobRecord:
     spec = load_job_spec(spec_path)
-    async with consumer_session(home, url, region=region) as orchestrator:
+    async with options.session(home, url) as orchestrator:
         await orchestrator.discover(window_s=0.3)
         job_id = orchestrator.submit(spec)
         err_console.print(f"job {job_id} submitted; collecting bids ...")
@@ -131,10 +163,10 @@ async def _submit(
 
 
 async def _submit_ensemble(
-    home: MeshHome, url: str, spec_path: Path, region: str | None
+    home: MeshHome, url: str, spec_path: Path, options: SessionOptions
 ) -> EnsembleOutcome:
     ensemble = load_ensemble_spec(read_spec_data(spec_path), spec_path.parent)
-    async with consumer_session(home, url, region=region) as orchestrator:
+    async with options.session(home, url) as orchestrator:
         await orchestrator.discover(window_s=0.5)
         err_console.print(
             f"ensemble {ensemble.name}: placing {len(ensemble.allocations)} allocation(s) ..."
@@ -154,9 +186,9 @@ def print_ensemble(outcome: EnsembleOutcome) -> None:
 
 
 def submit_ensemble(
-    home: MeshHome, url: str, spec: Path, as_json: bool, region: str | None
+    home: MeshHome, url: str, spec: Path, as_json: bool, options: SessionOptions
 ) -> None:
-    outcome = asyncio.run(_submit_ensemble(home, url, spec, region))
+    outcome = asyncio.run(_submit_ensemble(home, url, spec, options))
     if as_json:
         emit_json(outcome.to_dict())
     else:
@@ -171,6 +203,8 @@ def submit(
     wait: bool = typer.Option(False, "--wait", help="Wait for the verified result."),
     nats: str | None = NatsOption,
     region: str | None = RegionOption,
+    suspect_after: float | None = SuspectAfterOption,
+    dead_after: float | None = DeadAfterOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Submit a job (or an ensemble: a file with `allocations`) and run it on the best provider(s).
@@ -179,10 +213,11 @@ def submit(
     """
     with reported_errors(as_json=as_json):
         home = home_of(ctx)
+        options = SessionOptions(region, suspect_after, dead_after)
         if is_ensemble_document(read_spec_data(spec)):
-            submit_ensemble(home, home.nats_url(nats), spec, as_json, region)
+            submit_ensemble(home, home.nats_url(nats), spec, as_json, options)
             return
-        record = asyncio.run(_submit(home, home.nats_url(nats), spec, wait, region))
+        record = asyncio.run(_submit(home, home.nats_url(nats), spec, wait, options))
         position = open_jobs(home).queue.position(record.job_id)
         if as_json:
             emit_json(job_view(record, position))
@@ -225,8 +260,8 @@ def queue_positions(store: JobRepository) -> dict[str, int]:
     return {entry.job_id: place for place, entry in enumerate(store.queue.ordered(), start=1)}
 
 
-async def _fetch(home: MeshHome, url: str, job_id: str, region: str | None) -> JobRecord:
-    async with consumer_session(home, url, region=region) as orchestrator:
+async def _fetch(home: MeshHome, url: str, job_id: str, options: SessionOptions) -> JobRecord:
+    async with options.session(home, url) as orchestrator:
         return await orchestrator.fetch_results(job_id)
 
 
@@ -235,6 +270,8 @@ def result(
     job_id: str = typer.Argument(..., help="Job id (or a unique prefix)."),
     nats: str | None = NatsOption,
     region: str | None = RegionOption,
+    suspect_after: float | None = SuspectAfterOption,
+    dead_after: float | None = DeadAfterOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show a job's verified result, fetching it from its provider if not here yet; a
@@ -244,7 +281,8 @@ def result(
         store = open_jobs(home)
         record = store.find(job_id)
         if not record.is_final and record.contracts:
-            record = asyncio.run(_fetch(home, home.nats_url(nats), record.job_id, region))
+            options = SessionOptions(region, suspect_after, dead_after)
+            record = asyncio.run(_fetch(home, home.nats_url(nats), record.job_id, options))
         position = store.queue.position(record.job_id)
         if as_json:
             emit_json(job_view(record, position))
@@ -254,9 +292,9 @@ def result(
 
 
 async def _cancel(
-    home: MeshHome, url: str, job_id: str, region: str | None
+    home: MeshHome, url: str, job_id: str, options: SessionOptions
 ) -> tuple[JobRecord, list[Cancellation]]:
-    async with consumer_session(home, url, region=region) as orchestrator:
+    async with options.session(home, url) as orchestrator:
         cancelled = await orchestrator.cancel(job_id)
         return orchestrator.jobs.get(job_id), cancelled
 
@@ -272,7 +310,8 @@ def cancel(
     with reported_errors(as_json=as_json):
         home = home_of(ctx)
         found = open_jobs(home).find(job_id)
-        record, cancelled = asyncio.run(_cancel(home, home.nats_url(nats), found.job_id, region))
+        options = SessionOptions(region)
+        record, cancelled = asyncio.run(_cancel(home, home.nats_url(nats), found.job_id, options))
         if as_json:
             emit_json({**job_view(record), "cancelled": [item.to_dict() for item in cancelled]})
             return
@@ -286,7 +325,7 @@ async def _match(
     home: MeshHome, url: str, spec_path: Path, limit: int, window: float, region: str | None
 ) -> Any:
     spec = load_job_spec(spec_path)
-    async with consumer_session(home, url, region=region) as orchestrator:
+    async with SessionOptions(region).session(home, url) as orchestrator:
         adverts = await orchestrator.discover(window_s=window)
     return dry_run(spec, adverts, limit=limit)
 
