@@ -9,11 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from computemesh.app.home import MeshHome
-from computemesh.app.ledger import consumer_ledger, create_local_ledger
+from computemesh.app.ledger import consumer_ledger, create_local_ledger, open_node_ledger
 from computemesh.app.ledger_config import load_ledger_config
+from computemesh.app.localmesh import mesh_up
 from computemesh.cli.main import app
 from computemesh.identity import Identity
-from computemesh.settlement import SettlementError, Split
+from computemesh.settlement import SettlementError, Split, SqliteLedger
 from computemesh.settlement.amounts import parse_split
 
 runner = CliRunner()
@@ -83,3 +84,40 @@ def test_a_bad_config_file_is_refused_before_anything_is_opened(
             use()
         assert info.value.code == "bad_ledger_config"
         assert str(home.ledger_config) in info.value.message
+
+
+def test_a_node_opens_the_embedded_ledger_or_refuses_what_names_no_ledger(tmp_path: Path) -> None:
+    home = MeshHome(tmp_path)
+    path = create_local_ledger(home)
+    assert isinstance(open_node_ledger(path, Identity.generate()), SqliteLedger)
+    sqlite_config = tmp_path / "sqlite.json"
+    sqlite_config.write_text(json.dumps({"backend": "sqlite"}))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"backend": "evm"}))
+    for given, code in [
+        (tmp_path / "missing.db", "no_ledger"),
+        (sqlite_config, "no_ledger"),
+        (bad, "bad_ledger_config"),
+    ]:
+        with pytest.raises(SettlementError) as info:
+            open_node_ledger(given, Identity.generate())
+        assert info.value.code == code, given
+
+
+def test_a_local_mesh_refuses_a_ledger_choice_its_home_contradicts(tmp_path: Path) -> None:
+    home = MeshHome(tmp_path / "home")
+    home.ensure()
+    home.ledger_config.write_text("{}")
+    with pytest.raises(SettlementError) as info:
+        mesh_up(home, nodes=1, ledger="evm")
+    assert info.value.code == "ledger_exists"
+    home.ledger_config.unlink()
+    home.ledger_receipts.write_text("")  # receipts of a chain the home no longer names
+    with pytest.raises(SettlementError) as info:
+        mesh_up(home, nodes=1, ledger="evm")
+    assert info.value.code == "ledger_exists"
+    assert home.read_state() is None  # refused before anything started
+
+    result = runner.invoke(app, ["--home", str(home.root), "up", "--ledger", "tron", "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["error"]["code"] == "bad_ledger_config"
