@@ -219,7 +219,7 @@ def ledger_balances(ledger: Ledger, providers: list[str], state: dict[str, Any])
     """Where the payments were made and the balances held there now: each provider's and
     the treasury's available units, read from the ledger (the contract, on a chain)."""
     chain = state.get("chain")
-    where = f"chain {chain['chain_id']} at {chain['rpc_url']}" if chain else "embedded ledger"
+    where = f"on chain {chain['chain_id']}" if chain else "embedded ledger"
     return {
         "ledger": where,
         "balances": {did: ledger.balance(did).available for did in providers},
