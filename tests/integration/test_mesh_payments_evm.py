@@ -28,6 +28,7 @@ from computemesh.settlement.bindings import account_from_identity
 from computemesh.settlement.chain import compiled
 from computemesh.store import JobRepository, open_database, sqlite_url
 from computemesh.transport import NatsTransport, is_process_alive
+from tests.integration.test_cli_mesh import as_json, cmesh
 from tests.integration.test_mesh_payments import SETTINGS, expected_payments, run_paid_jobs, spec
 
 pytestmark = [
@@ -115,3 +116,16 @@ async def test_jobs_on_a_local_chain_are_paid_exactly_the_split_on_chain(tmp_pat
     assert "no escrow is locked" in refusal, refusal
     assert not is_process_alive(int(chain["pid"]))
     assert not home.ledger_config.exists() and not home.ledger_receipts.exists()
+
+
+def test_cli_demo_on_a_local_chain_reads_its_payments_from_the_contract(tmp_path: Path) -> None:
+    summary = as_json(cmesh(tmp_path, "demo", "--ledger", "evm", "-n", "2", "-j", "4", "--json"))
+    assert (summary["submitted"], summary["verified"], summary["correct"]) == (4, 4, 4)
+    payments = summary["payments"]
+    assert payments["ledger"] == "on chain 31337"
+    earned = {row["did"]: row["earned"] for row in payments["providers"]}
+    assert sum(earned.values()) > 0
+    assert payments["balances"] == earned  # a fresh chain: each balance is what was earned
+    assert payments["treasury_balance"] == payments["treasury"] + payments["creators"]
+    demo_home = MeshHome(tmp_path / "demo")
+    assert demo_home.read_state() is None and not demo_home.ledger_config.exists()
