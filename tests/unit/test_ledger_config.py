@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from computemesh.app.home import MeshHome
-from computemesh.app.ledger import consumer_ledger, create_local_ledger, open_node_ledger
+from computemesh.app.home import ENV_LEDGER, MeshHome
+from computemesh.app.ledger import (
+    consumer_ledger,
+    create_local_ledger,
+    node_ledger_path,
+    open_node_ledger,
+)
 from computemesh.app.ledger_config import load_ledger_config
 from computemesh.app.localmesh import mesh_up
 from computemesh.cli.main import app
@@ -121,3 +126,18 @@ def test_a_local_mesh_refuses_a_ledger_choice_its_home_contradicts(tmp_path: Pat
     result = runner.invoke(app, ["--home", str(home.root), "up", "--ledger", "tron", "--json"])
     assert result.exit_code == 1
     assert json.loads(result.output)["error"]["code"] == "bad_ledger_config"
+
+
+def test_a_node_checks_escrow_on_the_given_ledger_else_its_homes_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV_LEDGER, raising=False)
+    node_home = MeshHome(tmp_path / "node")
+    assert node_ledger_path(home=node_home.root) is None
+    node_home.ensure()
+    node_home.ledger_config.write_text("{}")
+    assert node_ledger_path(home=node_home.root) == node_home.ledger_config
+    monkeypatch.setenv(ENV_LEDGER, str(tmp_path / "shared.db"))
+    assert node_ledger_path(home=node_home.root) == tmp_path / "shared.db"
+    given = tmp_path / "given.json"
+    assert node_ledger_path(given, home=node_home.root) == given

@@ -141,12 +141,17 @@ def bind_own_account(ledger: EvmLedger, identity: Identity) -> Receipt:
     return ledger.bind_account(bind_account(identity, account_from_identity(identity)))
 
 
-def node_ledger_path(explicit: Path | None = None) -> Path | None:
-    """The ledger a node checks escrow on: ``explicit``, else ``$CMESH_LEDGER``, else none."""
+def node_ledger_path(explicit: Path | None = None, *, home: Path | None = None) -> Path | None:
+    """The ledger a node checks escrow on: ``explicit``, else ``$CMESH_LEDGER``, else the
+    chain its own home settles on (``<home>/ledger.json``, from `cmesh ledger init
+    --backend evm` there), else none."""
     if explicit is not None:
         return explicit
     from_env = os.environ.get(ENV_LEDGER)
-    return Path(from_env) if from_env else None
+    if from_env:
+        return Path(from_env)
+    own = MeshHome(home).ledger_config if home is not None else None
+    return own if own is not None and own.is_file() else None
 
 
 def open_node_ledger(path: Path, identity: Identity) -> Ledger:

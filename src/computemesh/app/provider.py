@@ -81,13 +81,13 @@ def process_runtime(settings: NodeSettings) -> PythonRuntime | None:
 def build_node(
     settings: NodeSettings, transport: Transport, *, ledger_path: Path | None = None
 ) -> ProviderNode:
-    """The node; with a ledger (``ledger_path``, else ``$CMESH_LEDGER``: an embedded ledger
-    file or a ledger config naming a chain) it countersigns only contracts whose escrow is
-    locked there."""
+    """The node; with a ledger (``node_ledger_path``: ``ledger_path``, ``$CMESH_LEDGER`` or
+    its home's ``ledger.json``; an embedded ledger file or a ledger config naming a chain)
+    it countersigns only contracts whose escrow is locked there."""
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     identity = load_or_create_identity(settings.home)
     sessions = open_database(sqlite_url(settings.database_path))
-    path = node_ledger_path(ledger_path)
+    path = node_ledger_path(ledger_path, home=settings.home)
     settlement = open_node_ledger(path, identity) if path is not None else None
     if path is not None:
         log.info("checking escrow on the ledger %s", path)
