@@ -1,7 +1,10 @@
 """A short chaos run on real processes: a 3-hub NATS cluster, provider nodes under
 bubblewrap and a consumer process, sharing the local mesh's ledger; one consumer, one hub and
-one provider are SIGKILLed mid-run and restarted. No job may be lost, none accepted twice,
-no contract paid twice or more than its price, and no escrow left locked."""
+one provider (one running a checkpointed job, when one does within a few seconds) are
+SIGKILLed mid-run and restarted. No job may be lost, none accepted twice, no contract paid
+twice or more than its price (a dropped contract's verified checkpoint included), no payable
+result or checkpoint left unpaid, no escrow left locked, and the mesh recovers from every
+kill."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = 40
+CHECKPOINT_EVERY = 4
 
 
 def test_killing_a_consumer_a_hub_and_a_provider_loses_nothing_and_pays_once() -> None:
@@ -45,3 +49,7 @@ def test_killing_a_consumer_a_hub_and_a_provider_loses_nothing_and_pays_once() -
     assert result["escrow_locked_after"] == 0, result["open_escrows"]
     assert result["ledger_ok"] is True, result["ledger_problems"]
     assert result["kills"] == {"orchestrator": 1, "hub": 1, "provider": 1}
+    assert result["checkpointing"] == JOBS // CHECKPOINT_EVERY
+    assert result["unrecovered"] == 0, result["recoveries"]
+    assert set(result["recovery_by_kind"]) == {"orchestrator", "hub", "provider"}
+    assert result["recovery_s"] == max(result["recovery_by_kind"].values())
