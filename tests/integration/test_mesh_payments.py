@@ -46,9 +46,24 @@ def spec(command: list[str]) -> JobSpec:
     return resolve_inputs(JobSpec.model_validate(data), Path("."))
 
 
-def expected_charge(price: float, cpu_s: float, max_charge: float) -> int:
-    units = Decimal(repr(price)) * Decimal(repr(cpu_s)) * 1_000_000 / 3600
-    cap = (Decimal(repr(max_charge)) * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+def expected_charge(contract: dict[str, Any], usage: dict[str, Any]) -> int:
+    """CPU time, peak memory x wall time and output bytes at the signed rates (process
+    jobs count no fuel), rounded half up to units, capped by ``max_charge``."""
+
+    def exact(value: float) -> Decimal:
+        return Decimal(repr(value))
+
+    cpu = exact(contract["price_per_cpu_hour"]) * exact(usage["cpu_s"]) / 3600
+    memory = (
+        exact(contract.get("price_per_gb_hour", 0.0))
+        * Decimal(usage["max_rss_kb"] * 1024)
+        / 10**9
+        * exact(usage["wall_s"])
+        / 3600
+    )
+    output = exact(contract.get("price_per_gb_out", 0.0)) * usage.get("bytes_out", 0) / 10**9
+    units = (cpu + memory + output) * 1_000_000
+    cap = (exact(contract["max_charge"]) * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP)
     return int(min(units.quantize(Decimal(1), rounding=ROUND_HALF_UP), cap))
 
 
@@ -64,9 +79,7 @@ def expected_payments(records: list[JobRecord]) -> tuple[Counter[str], int, int]
         for document in record.results:
             body = document["body"]
             contract = terms[body["contract_id"]]
-            charge = expected_charge(
-                contract["price_per_cpu_hour"], body["usage"]["cpu_s"], contract["max_charge"]
-            )
+            charge = expected_charge(contract, body["usage"])
             to_treasury, to_creator = charge * 1500 // 10_000, charge * 500 // 10_000
             providers[body["provider"]] += charge - to_treasury - to_creator
             treasury += to_treasury + to_creator
