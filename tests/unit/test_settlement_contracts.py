@@ -207,3 +207,17 @@ def test_batch_across_bitmap_words(net: Net) -> None:
     assert net.settlement.escrowed(net.payer) == 0
     assert net.settlement.balances(net.providers[0]) == 300 * 9  # 10 - 1 (treasury) - 0
     assert net.held() == 10**11
+
+
+def test_a_did_is_bound_once_and_cannot_be_claimed_by_another_account(net: Net) -> None:
+    did, other_did = _id(7001), _id(7002)
+    intruder = boa.env.generate_address()
+    with boa.env.prank(net.providers[0]):
+        net.settlement.bind(did)
+        net.settlement.bind(did)  # the same pair again changes nothing
+    with boa.env.prank(intruder), boa.reverts("DID bound to another account"):
+        net.settlement.bind(did)
+    with boa.env.prank(net.providers[0]), boa.reverts("account bound to another DID"):
+        net.settlement.bind(other_did)
+    assert net.settlement.account_of(did) == net.providers[0]
+    assert net.settlement.did_of(net.providers[0]) == did

@@ -153,8 +153,15 @@ def set_operator(operator: address, allowed: bool):
 
 @external
 def bind(did_hash: bytes32):
-    """@notice Bind the sender's address to a DID (sha256 of its text)."""
+    """@notice Bind the sender's address to a DID (sha256 of its text), once: a DID bound
+    to one account cannot be claimed by another, nor an account moved to another DID."""
     assert did_hash != empty(bytes32), "empty DID hash"
+    bound_did: bytes32 = self.did_of[msg.sender]
+    assert bound_did == empty(bytes32) or bound_did == did_hash, "account bound to another DID"
+    bound_account: address = self.account_of[did_hash]
+    assert (
+        bound_account == empty(address) or bound_account == msg.sender
+    ), "DID bound to another account"
     self.did_of[msg.sender] = did_hash
     self.account_of[did_hash] = msg.sender
     log Bound(account=msg.sender, did_hash=did_hash)
