@@ -1,4 +1,4 @@
-"""Capped pipe reading and child exit watching."""
+"""Capped pipe reading, file tailing and child exit watching."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import asyncio
 import os
 import signal
 import subprocess
+from pathlib import Path
 
-from computemesh.executor.streams import TAIL_BYTES, CappedReader, ExitWatch
+from computemesh.executor.streams import TAIL_BYTES, CappedReader, ExitWatch, FileTail
 
 
 def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
@@ -67,3 +68,29 @@ async def test_exit_watch_sees_a_killed_child() -> None:
     ended = await asyncio.wait_for(watch.future, 10)
     child.returncode = os.waitstatus_to_exitcode(ended.status)
     assert os.WIFSIGNALED(ended.status) and os.WTERMSIG(ended.status) == signal.SIGKILL
+
+
+async def test_file_tail_hands_over_each_appended_part_once(tmp_path: Path) -> None:
+    path = tmp_path / "out"
+    chunks: list[bytes] = []
+    tail = FileTail(path, chunks.append, max_read=4)
+    assert await tail.poll() == 0  # not created yet
+    with path.open("ab") as writer:
+        writer.write(b"hello ")
+        writer.flush()
+        await tail.poll()
+        writer.write(b"world")
+    await tail.drain()
+    tail.close()
+    assert chunks == [b"hell", b"o wo", b"rld"]  # at most max_read bytes per poll
+    assert await tail.poll() == 0
+
+
+async def test_file_tail_does_not_follow_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"host data")
+    (tmp_path / "out").symlink_to(tmp_path / "secret")
+    chunks: list[bytes] = []
+    tail = FileTail(tmp_path / "out", chunks.append)
+    await tail.drain()
+    tail.close()
+    assert chunks == []

@@ -128,3 +128,25 @@ def test_every_example_is_a_valid_spec() -> None:
     assert len(specs) >= 5
     for path in specs:
         assert load_job_spec(path).is_resolved()
+
+
+STDIN_JOB = {**VALID, "inputs": [{"path": "in.txt", "content": "a\nb\n"}], "stdin": "in.txt"}
+
+
+def test_stdin_names_one_of_the_inputs_and_is_in_the_schema() -> None:
+    assert parse_job_spec(STDIN_JOB).stdin == "in.txt"
+    assert parse_job_spec({**STDIN_JOB, "executor": "wasm"}).stdin == "in.txt"
+    assert "standard input" in job_spec_schema()["properties"]["stdin"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"stdin": "other.txt"}, "is not one of the job's input paths"),
+        ({"stdin": "../in.txt"}, "is not one of the job's input paths"),
+        ({"executor": "onnx"}, "stdin applies to the process and wasm executors only"),
+        ({"stdin": 3}, "stdin"),
+    ],
+)
+def test_bad_stdin_is_refused(change: dict[str, object], problem: str) -> None:
+    assert problem in problems({**STDIN_JOB, **change})

@@ -79,7 +79,8 @@ class ExecutionRequest:
     ``restore`` before it starts. ``image`` is the container image (docker only).
     ``network`` asks for network access, which executors give only where the node allows
     it and refuse otherwise. ``runtime`` is the Python runtime the job declares (process
-    jobs: bound for it, see ``python_runtime``).
+    jobs: bound for it, see ``python_runtime``). ``stdin`` names one of the inputs as the
+    job's standard input (process and wasm; empty when None).
     """
 
     job_id: str
@@ -94,6 +95,7 @@ class ExecutionRequest:
     image: str | None = None
     network: bool = False
     runtime: RuntimeSpec | None = None
+    stdin: str | None = None
 
 
 @dataclass(frozen=True)

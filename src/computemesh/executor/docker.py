@@ -284,6 +284,8 @@ def _check_request(request: ExecutionRequest) -> None:
     check_env(request.env)
     for path in request.outputs:
         checked_relative_path(path, "output")
+    if request.stdin is not None:
+        raise ExecutionError("the docker executor gives jobs no stdin", code="invalid_stdin")
 
 
 def _reachable_client() -> Any:

@@ -111,6 +111,8 @@ class OnnxExecutor:
         return self.runtime.offers()
 
     async def prepare(self, request: ExecutionRequest, work_root: Path) -> ExecutionHandle:
+        if request.stdin is not None:
+            raise ExecutionError("the onnx executor gives jobs no stdin", code="invalid_stdin")
         files = _input_files(request)
         model = model_path(request.command)
         data = files.get(model)

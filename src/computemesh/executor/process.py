@@ -16,6 +16,7 @@ Isolation, by limit (details in ``sandbox``, ``launch`` and ``limits``):
   first process, which is the init of the sandbox's pid namespace (so every process of
   the job dies with it), then bwrap's process group; on root nodes every process left
   under the job's uid as well (the sweep also runs after every normal exit);
+* input: stdin is the input the request names (``ExecutionRequest.stdin``), else empty;
 * output: stdout and stderr are each kept up to ``max_output_bytes``; the rest is read
   and dropped, so a job printing without end costs the node neither memory nor disk;
   every chunk is shown to ``handle.on_output`` as it arrives;
@@ -94,10 +95,12 @@ from computemesh.executor.sandbox import (
 from computemesh.executor.streams import ChildExit
 from computemesh.executor.workdir import (
     check_env,
+    check_stdin,
     checked_relative_path,
     collect_outputs,
     create_job_dir,
     remove_tree,
+    stdin_path,
     write_inputs,
 )
 from computemesh.models.errors import ExecutionError
@@ -280,15 +283,16 @@ class ProcessExecutor:
     def _launch(self, handle: ExecutionHandle) -> RunningJob:
         """Spawn the job (bwrap, or the command itself) with its pipes and limits."""
         plan = self._plan(handle)
+        stdin_fd = _open_stdin(handle)
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         parent_fds = {"stdout": stdout_r, "stderr": stderr_r}
-        child_fds = [stdout_w, stderr_w]
+        child_fds = [stdin_fd, stdout_w, stderr_w]
         try:
             argv, cwd, env, passed = self._command(handle, plan, parent_fds, child_fds)
             popen = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin_fd,
                 stdout=stdout_w,
                 stderr=stderr_w,
                 cwd=cwd,
@@ -472,8 +476,18 @@ def _check_request(request: ExecutionRequest) -> None:
     if not request.command or any("\x00" in part for part in request.command):
         raise ExecutionError("the command is empty or contains NUL bytes", code="invalid_command")
     check_env(request.env)
+    check_stdin(request)
     for path in request.outputs:
         checked_relative_path(path, "output")
+
+
+def _open_stdin(handle: ExecutionHandle) -> int:
+    """A read-only descriptor of the job's standard input (``workdir.stdin_path``)."""
+    path = stdin_path(handle.work_dir, handle.request.stdin)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ExecutionError(f"cannot open stdin: {exc}", code="invalid_stdin") from exc
 
 
 def _job_env(

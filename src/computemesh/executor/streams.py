@@ -1,8 +1,10 @@
-"""Watching a launched job from the event loop: its output pipes and its exit.
+"""Watching a launched job from the event loop: its output pipes, its output files, its exit.
 
-Both work on raw descriptors registered with the running loop, so nothing here uses
-asyncio's child watchers (which would reap the child before ``wait4`` could report its
-resource usage) and no thread is held per job.
+Pipes and exits are watched on raw descriptors registered with the running loop, so
+nothing here uses asyncio's child watchers (which would reap the child before ``wait4``
+could report its resource usage) and no thread is held per job. Output a job writes to a
+file (wasm guests: wasmtime writes WASI stdout and stderr to files) is followed by
+``FileTail``, polled from the loop.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 READ_CHUNK = 1024 * 1024
 TAIL_BYTES = 4096
@@ -101,6 +104,61 @@ class CappedReader:
         os.close(self.fd)
         if not self.done.done():
             self.done.set_result(None)
+
+
+class FileTail:
+    """Follows a file that another thread appends to, handing each new part to ``on_chunk``.
+
+    ``poll`` reads what was added since the last poll (at most ``max_read`` bytes, in a
+    worker thread) and calls ``on_chunk`` with it on the event loop; ``drain`` polls until
+    nothing is left. A file that does not exist yet reads as empty; the file is opened
+    without following symlinks and read by offset, so a reader never moves the writer's
+    position. Polls must not overlap (one follower per tail); ``close`` is idempotent.
+    """
+
+    def __init__(
+        self, path: Path, on_chunk: Callable[[bytes], None], max_read: int = READ_CHUNK
+    ) -> None:
+        self.path = path
+        self.on_chunk = on_chunk
+        self.max_read = max_read
+        self.offset = 0
+        self._fd: int | None = None
+        self._closed = False
+        self._lock = threading.Lock()  # a cancelled poll's read may still run in its thread
+
+    async def poll(self) -> int:
+        """Hand what was added since the last poll to ``on_chunk``; returns its length."""
+        chunk = await asyncio.to_thread(self._read_new)
+        if chunk:
+            self.on_chunk(chunk)
+        return len(chunk)
+
+    async def drain(self) -> None:
+        """Poll until the file has nothing more to give."""
+        while await self.poll():
+            pass
+
+    def _read_new(self) -> bytes:
+        with self._lock:
+            if self._closed:
+                return b""
+            if self._fd is None:
+                try:
+                    self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    return b""
+            chunk = os.pread(self._fd, self.max_read, self.offset)
+            self.offset += len(chunk)
+            return chunk
+
+    def close(self) -> None:
+        """Stop following and close the file."""
+        with self._lock:
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,11 @@ Isolation, by limit (details in ``wasm_run``):
 
 * file system: the work dir only, preopened as ``/work`` and ``.`` (and the checkpoint
   directory as ``/checkpoint`` for a job that checkpoints); nothing else of the host,
-  no network; stdin is empty (``/dev/null``); stdout and stderr go to files in the
-  job dir (outside the work dir) and each is read back up to ``max_output_bytes``;
+  no network; stdin is the input the request names (``ExecutionRequest.stdin``), else
+  empty; stdout and stderr go to files in the job dir (outside the work dir) and each is
+  read back up to ``max_output_bytes``. While the guest runs, what it adds to them is
+  handed to ``handle.on_output`` every ``OUTPUT_POLL_INTERVAL_S`` (``streams.FileTail``),
+  and what is left when it ends, before ``wait`` returns;
 * CPU: a fuel budget (``ExecutionRequest.fuel``, else ``FUEL_PER_CPU_SECOND`` per
   second of ``cpu_time_s``); running out ends the job "killed", reason "out of fuel";
 * memory: linear memory capped at ``memory_mb``;
@@ -35,12 +38,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from computemesh.executor.base import (
@@ -48,6 +52,7 @@ from computemesh.executor.base import (
     ExecutionHandle,
     ExecutionRequest,
     ExecutionResult,
+    OutputCallback,
     metered_bytes_out,
 )
 from computemesh.executor.checkpoint import (
@@ -56,7 +61,7 @@ from computemesh.executor.checkpoint import (
     prepare_checkpoint_dir,
     snapshot,
 )
-from computemesh.executor.streams import TAIL_BYTES
+from computemesh.executor.streams import TAIL_BYTES, FileTail
 from computemesh.executor.tree_usage import thread_cpu_seconds
 from computemesh.executor.wasm_cache import ModuleCache
 from computemesh.executor.wasm_module import check_module_shape, new_engine
@@ -64,17 +69,22 @@ from computemesh.executor.wasm_outcome import classify_guest
 from computemesh.executor.wasm_run import MIB, GuestExit, GuestRun, GuestSetup, fuel_budget
 from computemesh.executor.workdir import (
     check_env,
+    check_stdin,
     checked_relative_path,
     collect_outputs,
     create_job_dir,
     remove_tree,
+    stdin_path,
     write_inputs,
 )
 from computemesh.models.errors import ExecutionError
 from computemesh.models.market import ResourceUsage
 
+log = logging.getLogger(__name__)
+
 STOP_TIMEOUT_S = 10.0
 DISK_CHECK_INTERVAL_S = 0.1
+OUTPUT_POLL_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,8 @@ class WasmJob:
     disk_exceeded: bool = False
     result: ExecutionResult | None = None
     thread: threading.Thread | None = None
+    tails: list[FileTail] = field(default_factory=list)
+    follower: asyncio.Task[None] | None = None
 
 
 class WasmExecutor:
@@ -168,6 +180,9 @@ class WasmExecutor:
         thread.start()
         job.thread = thread
         handle.state = "running"
+        if handle.on_output is not None:
+            job.tails = _output_tails(handle, handle.on_output)
+            job.follower = asyncio.create_task(_follow_output(job))
 
     async def wait(self, handle: ExecutionHandle) -> ExecutionResult:
         job = self._jobs.get(handle)
@@ -179,6 +194,7 @@ class WasmExecutor:
             return job.result
         await self._watch(handle, job)
         finished = await job.future
+        await _end_following(job, drain=True)
         if job.result is None:
             job.result = self._result(handle, job, finished)
             handle.state = "finished"
@@ -200,6 +216,8 @@ class WasmExecutor:
         if job is not None and job.future is not None and not job.future.done():
             job.guest.interrupt()
             await _settled(job.future)
+        if job is not None:
+            await _end_following(job, drain=False)
         await asyncio.to_thread(remove_tree, handle.job_dir)
         handle.state = "cleaned"
 
@@ -256,7 +274,7 @@ class WasmExecutor:
             argv=list(request.command),
             env=env,
             work_dir=work_dir,
-            stdin=Path(os.devnull),
+            stdin=stdin_path(work_dir, request.stdin),
             stdout=job_dir / "stdout",
             stderr=job_dir / "stderr",
             fuel=fuel_budget(request.limits, requested),
@@ -348,6 +366,41 @@ def read_capped(path: Path, cap: int) -> CapturedStream:
         return CapturedStream(data, True, handle.read(TAIL_BYTES), size)
 
 
+def _output_tails(handle: ExecutionHandle, on_output: OutputCallback) -> list[FileTail]:
+    return [
+        FileTail(handle.job_dir / "stdout", functools.partial(on_output, "stdout")),
+        FileTail(handle.job_dir / "stderr", functools.partial(on_output, "stderr")),
+    ]
+
+
+async def _follow_output(job: WasmJob) -> None:
+    """Until the guest ends: hand what it adds to stdout and stderr to ``on_output``."""
+    assert job.future is not None
+    while not job.future.done():
+        await asyncio.wait({job.future}, timeout=OUTPUT_POLL_INTERVAL_S)
+        for tail in job.tails:
+            await tail.poll()
+
+
+async def _end_following(job: WasmJob, *, drain: bool) -> None:
+    """Stop following the guest's output; with ``drain``, hand over what is left first."""
+    follower, job.follower = job.follower, None
+    if follower is None:
+        return
+    if not drain:
+        follower.cancel()
+    await asyncio.wait({follower})
+    try:
+        if not follower.cancelled() and follower.exception() is not None:
+            log.warning("output of a wasm job not followed: %s", follower.exception())
+        elif drain:
+            for tail in job.tails:
+                await tail.drain()
+    finally:
+        for tail in job.tails:
+            tail.close()
+
+
 def _run_guest(
     guest: GuestRun,
     read_back: Callable[[GuestExit], FinishedRun],
@@ -392,6 +445,7 @@ def _check_request(request: ExecutionRequest) -> str:
         raise ExecutionError("the command is empty or contains NUL bytes", code="invalid_command")
     module_path = checked_relative_path(request.command[0], "module")
     check_env(request.env)
+    check_stdin(request)
     for path in request.outputs:
         checked_relative_path(path, "output")
     if request.fuel is not None and request.fuel < 1:

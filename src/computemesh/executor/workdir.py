@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from computemesh.executor.base import CollectedOutput
+from computemesh.executor.base import CollectedOutput, ExecutionRequest
 from computemesh.models.errors import ExecutionError
 from computemesh.models.job import ENV_NAME_PATTERN, check_relative_path
 
@@ -48,6 +48,38 @@ def check_env(env: dict[str, str]) -> None:
     for name, value in env.items():
         if not ENV_NAME_PATTERN.match(name) or "\x00" in value:
             raise ExecutionError(f"invalid environment variable {name!r}", code="invalid_env")
+
+
+def check_stdin(request: ExecutionRequest) -> str | None:
+    """The input the request names as standard input, if any; raises ExecutionError
+    (code "invalid_stdin") when it names a path that is not one of its inputs."""
+    if request.stdin is None:
+        return None
+    if request.stdin not in {path for path, _, _ in request.inputs}:
+        raise ExecutionError(
+            f"stdin {request.stdin!r} is not one of the job's inputs",
+            code="invalid_stdin",
+            hint="name one of the input paths as stdin",
+        )
+    return request.stdin
+
+
+def stdin_path(work_dir: Path, stdin: str | None) -> Path:
+    """The file a job reads as standard input: ``/dev/null`` for None, else the input
+    ``stdin``, which must be a regular file inside ``work_dir`` (not a symlink).
+
+    Raises ExecutionError (code "invalid_stdin") otherwise.
+    """
+    if stdin is None:
+        return Path(os.devnull)
+    path = work_dir / checked_relative_path(stdin, "stdin")
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = 0
+    if not stat.S_ISREG(mode) or not is_inside(work_dir, path.parent):
+        raise ExecutionError(f"stdin {stdin!r} is not a file in the work dir", code="invalid_stdin")
+    return path
 
 
 def is_inside(root: Path, path: Path) -> bool:

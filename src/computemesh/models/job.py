@@ -333,6 +333,8 @@ class VerificationSpec(_Strict):
 MIN_CHECKPOINT_INTERVAL_S = 0.1
 NETWORK_EXECUTORS = ("process", "docker")
 """The executors whose jobs may declare ``network``."""
+STDIN_EXECUTORS = ("process", "wasm")
+"""The executors whose jobs may name an input as ``stdin``."""
 IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/:@-]{0,254}$"
 
 
@@ -463,6 +465,22 @@ class JobSpec(_Strict):
             raise ValueError(
                 f"network applies to the {' and '.join(NETWORK_EXECUTORS)} executors only"
             )
+        return self
+
+    stdin: str | None = Field(
+        default=None,
+        description="One of the job's input paths, fed to the job as its standard input "
+        "(process and wasm jobs only); default: empty.",
+    )
+
+    @model_validator(mode="after")
+    def _stdin_is_an_input(self) -> Self:
+        if self.stdin is None:
+            return self
+        if self.executor not in STDIN_EXECUTORS:
+            raise ValueError(f"stdin applies to the {' and '.join(STDIN_EXECUTORS)} executors only")
+        if self.stdin not in {item.path for item in self.inputs}:
+            raise ValueError(f"stdin {self.stdin!r} is not one of the job's input paths")
         return self
 
     verification: VerificationSpec | None = Field(

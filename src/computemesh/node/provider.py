@@ -361,6 +361,7 @@ class ProviderNode:
             image=spec.image,
             network=spec.network,
             runtime=spec.runtime,
+            stdin=spec.stdin,
         )
 
     def _job_result(
