@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from computemesh.models.market import RATE_FIELDS
 from computemesh.transport import is_process_alive
 
 pytestmark = [
@@ -41,13 +42,19 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(result.stdout)
 
 
-def test_up_status_submit_result_down(tmp_path: Path) -> None:
+def test_up_status_submit_result_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # the status table's columns unfolded
     state = as_json(cmesh(tmp_path, "up", "--nodes", "2", "--json"))
     try:
         assert len(state["nodes"]) == 2
         status = as_json(cmesh(tmp_path, "status", "--json"))
         assert {node["did"] for node in status["nodes"]} == {n["did"] for n in state["nodes"]}
         assert all(node["sandboxed"] for node in status["nodes"])
+        assert [node["network"] for node in status["nodes"]] == [False, False]
+        assert all(set(RATE_FIELDS) <= set(node) for node in status["nodes"])
+        table = cmesh(tmp_path, "status")
+        assert table.returncode == 0, table.stderr
+        assert "price/billion fuel" in table.stdout and "network" in table.stdout
 
         ranked = as_json(cmesh(tmp_path, "match", "--dry-run", "examples/primes.yaml", "--json"))
         assert len(ranked["candidates"]) == 2

@@ -18,6 +18,7 @@ from computemesh.app.provider import run_node
 from computemesh.cli.context import home_of
 from computemesh.cli.output import console, emit_json, err_console, reported_errors, short
 from computemesh.models.errors import SpecError
+from computemesh.models.market import RATE_FIELDS, RATE_UNITS
 from computemesh.node.settings import NodeSettings
 
 LedgerBackendOption = typer.Option(
@@ -122,7 +123,8 @@ def status(
     window: float = typer.Option(1.0, "--window", min=0.1, max=30, help="Seconds to listen."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """List the local hubs (alive or dead) and the nodes that answer on the mesh."""
+    """List the local hubs (alive or dead) and the nodes that answer on the mesh: their
+    capacity, rates, and whether they sandbox jobs and allow network."""
     with reported_errors(as_json=as_json):
         home = home_of(ctx)
         url = home.nats_url(nats)
@@ -134,31 +136,33 @@ def status(
             return
         if hubs:
             print_hubs(hubs)
-        table = Table(title=f"{len(nodes)} node(s) on {url}")
-        for column in (
-            "node",
-            "region",
-            "arch",
-            "cpu free/total",
-            "memory MB free",
-            "gpus",
-            "price/cpu-h",
-            "sandboxed",
-        ):
-            table.add_column(column)
-        for node in nodes:
-            hardware, free = node["hardware"], node["free"]
-            table.add_row(
-                short(node["did"]),
-                node["region"],
-                hardware["architecture"],
-                f"{free['cpu']:g}/{hardware['cpu_count']}",
-                str(free["memory_mb"]),
-                str(len(hardware["gpus"])),
-                f"{node['price_per_cpu_hour']:g}",
-                "yes" if node["sandboxed"] else "NO",
-            )
-        console.print(table)
+        console.print(nodes_table(nodes, title=f"{len(nodes)} node(s) on {url}"))
+
+
+def nodes_table(nodes: list[dict[str, Any]], *, title: str) -> Table:
+    """One row per advertised node (``Advertisement`` as JSON): capacity, every rate, and
+    whether it sandboxes jobs and gives network to jobs that declare it."""
+    table = Table(title=title)
+    for column in ("node", "region", "arch", "cpu free/total", "memory MB free", "gpus"):
+        table.add_column(column)
+    for name in RATE_FIELDS:
+        table.add_column(f"price/{RATE_UNITS[name]}", justify="right")
+    for column in ("sandboxed", "network"):
+        table.add_column(column)
+    for node in nodes:
+        hardware, free = node["hardware"], node["free"]
+        table.add_row(
+            short(node["did"]),
+            node["region"],
+            hardware["architecture"],
+            f"{free['cpu']:g}/{hardware['cpu_count']}",
+            str(free["memory_mb"]),
+            str(len(hardware["gpus"])),
+            *(f"{node[name]:g}" for name in RATE_FIELDS),
+            "yes" if node["sandboxed"] else "NO",
+            "allowed" if node["network"] else "no",
+        )
+    return table
 
 
 def print_hubs(hubs: list[dict[str, Any]]) -> None:
