@@ -1,7 +1,9 @@
-"""A wasm job end to end on the in-memory transport: fuel reaches the signed, verified result."""
+"""A wasm job end to end on the in-memory transport: fuel reaches the signed, verified
+result; stdin reaches the guest and its output the consumer's logs."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -13,6 +15,7 @@ from computemesh.actor import Actor
 from computemesh.app.demo import outputs_match
 from computemesh.executor import WasmExecutor
 from computemesh.identity import Identity
+from computemesh.models.job import JobSpec, sha256_hex
 from computemesh.models.market import Hardware
 from computemesh.node.provider import ProviderNode
 from computemesh.node.settings import NodeSettings
@@ -74,3 +77,48 @@ async def test_every_wasm_example_is_a_valid_spec() -> None:
     for path in specs:
         spec = load_job_spec(path)
         assert spec.executor == "wasm" and spec.is_resolved()
+
+
+ECHO_WAT = """(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 1024)) (i32.store (i32.const 4) (i32.const 4096))
+    (loop $more
+      (i32.store (i32.const 16) (i32.const 0))
+      (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
+      (if (i32.gt_u (i32.load (i32.const 16)) (i32.const 0))
+        (then
+          (i32.store (i32.const 8) (i32.const 1024))
+          (i32.store (i32.const 12) (i32.load (i32.const 16)))
+          (drop (call $write (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 20)))
+          (br $more))))))"""
+
+
+async def test_stdin_reaches_the_guest_and_its_output_the_consumer_logs(
+    orchestrator: Orchestrator,
+) -> None:
+    text = "".join(f"line {number}\n" for number in range(200))
+    spec = JobSpec.model_validate(
+        {
+            "name": "echo",
+            "executor": "wasm",
+            "command": ["echo.wat"],
+            "inputs": [
+                {"path": "echo.wat", "content": ECHO_WAT, "sha256": sha256_hex(ECHO_WAT.encode())},
+                {"path": "in.txt", "content": text, "sha256": sha256_hex(text.encode())},
+            ],
+            "stdin": "in.txt",
+            "timeout_s": 10,
+        }
+    )
+    record = await orchestrator.run(spec, timeout=10)
+    assert record.status == "completed"
+    assert [document["body"]["stdout"] for document in record.results] == [text]
+    for _ in range(100):
+        logged = "".join(chunk.data for chunk in orchestrator.jobs.logs.after(record.job_id))
+        if logged == text:
+            break
+        await asyncio.sleep(0.1)
+    assert logged == text
