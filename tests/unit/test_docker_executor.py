@@ -85,3 +85,12 @@ async def test_a_job_without_an_image_is_refused(tmp_path: Path) -> None:
         await executor.prepare(
             ExecutionRequest(**{**request.__dict__, "image": None}), tmp_path / "root"
         )
+
+
+async def test_a_job_with_stdin_is_refused(tmp_path: Path) -> None:
+    request = handle(tmp_path).request
+    executor = DockerExecutor(client=object())
+    with_stdin = {**request.__dict__, "inputs": [("in.txt", b"x", False)], "stdin": "in.txt"}
+    with pytest.raises(ExecutionError) as caught:
+        await executor.prepare(ExecutionRequest(**with_stdin), tmp_path / "root")
+    assert caught.value.code == "invalid_stdin"
