@@ -94,13 +94,14 @@ async def test_memory_limit_applies(executor: ProcessExecutor, tmp_path: Path) -
 
 async def test_timeout_kills_the_whole_tree(executor: ProcessExecutor, tmp_path: Path) -> None:
     limits = SandboxLimits(wall_time_s=1, cpu_time_s=10, memory_mb=256)
-    script = "sleep 100 & setsid sleep 100 & sleep 100"
+    # A duration no other test uses, so that only this run's sleepers are counted.
+    script = "sleep 97.31 & setsid sleep 97.31 & sleep 97.31"
     start = time.monotonic()
     result = await run(executor, request(["sh", "-c", script], limits), tmp_path)
     assert result.status == "timeout"
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 60  # ended by the 1 s limit, not by the sleepers
     leftovers = [
-        p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "100"]
+        p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "97.31"]
     ]
     if os.geteuid() == 0:
         assert leftovers == []
