@@ -20,13 +20,13 @@ from computemesh.cli.output import console, emit_json, err_console, reported_err
 from computemesh.models.errors import MeshError
 from computemesh.models.validation import ensemble_spec_schema, job_spec_schema
 from computemesh.orchestrator import Orchestrator
+from computemesh.orchestrator.cancellation import Cancellation
 from computemesh.orchestrator.dry_run import dry_run
 from computemesh.orchestrator.ensembles import (
     EnsembleOutcome,
     is_ensemble_document,
     load_ensemble_spec,
 )
-from computemesh.orchestrator.orchestrator import Cancellation
 from computemesh.orchestrator.specfile import load_job_spec, read_spec_data
 from computemesh.store import JobRecord, JobRepository
 
