@@ -44,7 +44,7 @@ from computemesh.identity import document_digest, load_or_create_identity
 from computemesh.models.job import JobSpec
 from computemesh.models.market import Checkpoint, ContractTerms, JobResult
 from computemesh.orchestrator import Orchestrator, OrchestratorSettings
-from computemesh.orchestrator.outcome import Outcome
+from computemesh.orchestrator.outcome import stored_outcome
 from computemesh.orchestrator.progress import CheckpointByDigest, verified_progress
 from computemesh.orchestrator.specfile import resolve_inputs
 from computemesh.settlement import Ledger, Receipt
@@ -465,25 +465,13 @@ def payable_documents(jobs: JobRepository, records: list[JobRecord]) -> dict[str
         superseded = jobs.superseded(record.job_id)
         dropped = {c["terms"]["contract_id"]: c["terms"] for c in superseded}
         progress = verified_progress(
-            _outcome(jobs, record), record.contracts, superseded, _by_digest(jobs, record)
+            stored_outcome(jobs, record), record.contracts, superseded, _by_digest(jobs, record)
         )
         for contract_id, checkpoint in progress.items():
             usage = Checkpoint.model_validate(checkpoint["body"]).usage
             price = charge_for_usage(usage, ContractTerms.model_validate(dropped[contract_id]))
             payable[contract_id] = Payable(price, document_digest(checkpoint), True)
     return payable
-
-
-def _outcome(jobs: JobRepository, record: JobRecord) -> Outcome:
-    frauds = jobs.fraud.for_job(record.job_id)
-    return Outcome(
-        results=record.results,
-        final=True,
-        status=record.status,
-        verified=bool(record.verified),
-        reason=record.reason,
-        lost=[str(finding["contract_id"]) for finding in frauds],
-    )
 
 
 def _by_digest(jobs: JobRepository, record: JobRecord) -> CheckpointByDigest:

@@ -9,7 +9,7 @@ from computemesh.models.errors import MeshError
 from computemesh.models.market import ContractTerms, JobResult
 from computemesh.models.validation import parse_job_spec
 from computemesh.protocol import verify_contract, verify_result
-from computemesh.store import JobRecord
+from computemesh.store import JobRecord, JobRepository
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,19 @@ class Outcome:
     """Replicas the verification policy wants on other providers before it decides."""
     lost: list[str] = field(default_factory=list)
     """Contracts whose results a quorum proved wrong: never to be paid."""
+
+
+def stored_outcome(jobs: JobRepository, record: JobRecord) -> Outcome:
+    """A final job's outcome as stored: its results, verdict and proven frauds."""
+    frauds = jobs.fraud.for_job(record.job_id)
+    return Outcome(
+        results=record.results,
+        final=True,
+        status=record.status,
+        verified=bool(record.verified),
+        reason=record.reason,
+        lost=[str(finding["contract_id"]) for finding in frauds],
+    )
 
 
 def result_fingerprint(result: JobResult) -> tuple[object, ...]:

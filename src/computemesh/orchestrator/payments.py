@@ -25,7 +25,7 @@ arrives twice, or a judgement repeated after a restart, never pays twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -114,21 +114,14 @@ class Payments:
         its checkpoint in ``progress`` (``orchestrator.progress.verified_progress``), else
         refunded. Escrows closed already are left as they are; a refusal is logged and the
         other contracts still settle."""
-        receipts: list[Receipt] = []
-        for terms in map(_terms_of, superseded):
+
+        def settle(terms: ContractTerms) -> Receipt | None:
             checkpoint = progress.get(terms.contract_id)
-            try:
-                receipt = (
-                    self.release_checkpoint(terms, checkpoint)
-                    if checkpoint is not None
-                    else self.refund(terms.contract_id)
-                )
-            except SettlementError as exc:
-                log.error("contract %s not settled: %s", terms.contract_id, exc.message)
-                continue
-            if receipt is not None:
-                receipts.append(receipt)
-        return receipts
+            if checkpoint is None:
+                return self.refund(terms.contract_id)
+            return self.release_checkpoint(terms, checkpoint)
+
+        return _settle_each(superseded, settle)
 
     def open_escrows(self) -> dict[str, str]:
         """This consumer's escrows that no final release or refund closed yet: the job id
@@ -184,21 +177,14 @@ class Payments:
             for document in outcome.results
             if document["body"]["contract_id"] not in lost
         }
-        receipts: list[Receipt] = []
-        for terms in map(_terms_of, contracts):
+
+        def settle(terms: ContractTerms) -> Receipt | None:
             document = results.get(terms.contract_id)
-            try:
-                receipt = (
-                    self.release_verified(terms, document)
-                    if pays and document is not None
-                    else self.refund(terms.contract_id)
-                )
-            except SettlementError as exc:
-                log.error("contract %s not settled: %s", terms.contract_id, exc.message)
-                continue
-            if receipt is not None:
-                receipts.append(receipt)
-        return receipts
+            if not pays or document is None:
+                return self.refund(terms.contract_id)
+            return self.release_verified(terms, document)
+
+        return _settle_each(contracts, settle)
 
     def _release(
         self, terms: ContractTerms, document: Mapping[str, Any], amount: int, *, final: bool
@@ -242,3 +228,19 @@ def escrow_for_commit(
 
 def _terms_of(contract: Mapping[str, Any]) -> ContractTerms:
     return parse_model(ContractTerms, contract.get("terms"), what="contract terms")
+
+
+def _settle_each(
+    contracts: Sequence[Mapping[str, Any]], settle: Callable[[ContractTerms], Receipt | None]
+) -> list[Receipt]:
+    """``settle`` each contract in turn; a refusal is logged and the others still settle."""
+    receipts: list[Receipt] = []
+    for terms in map(_terms_of, contracts):
+        try:
+            receipt = settle(terms)
+        except SettlementError as exc:
+            log.error("contract %s not settled: %s", terms.contract_id, exc.message)
+            continue
+        if receipt is not None:
+            receipts.append(receipt)
+    return receipts

@@ -48,7 +48,7 @@ from computemesh.identity.did import abbreviate_did
 from computemesh.models.errors import MeshError, NoProviderError
 from computemesh.models.market import ContractTerms
 from computemesh.models.validation import parse_job_spec
-from computemesh.orchestrator.outcome import Outcome
+from computemesh.orchestrator.outcome import stored_outcome
 from computemesh.orchestrator.progress import verified_progress
 from computemesh.protocol import verify_result
 from computemesh.settlement import SettlementError
@@ -210,12 +210,12 @@ class Recovery:
         the dropped contracts' included: nothing verified, so they are refunded."""
         record = self.orchestrator.jobs.get(job_id)
         if record.is_final and record.status != "completed":
-            self.orchestrator.settle(job_id, self._stored_outcome(record))
+            self.orchestrator.settle(job_id, stored_outcome(self.orchestrator.jobs, record))
 
     def _settle_leftover(self, payments: Payments, record: JobRecord, contract_id: str) -> bool:
         """Settle one open escrow of a final job as the stored outcome says: a contract it
         holds by its result, one it dropped by its verified progress, any other refunded."""
-        outcome = self._stored_outcome(record)
+        outcome = stored_outcome(self.orchestrator.jobs, record)
         held = [c for c in record.contracts if c["terms"]["contract_id"] == contract_id]
         if held:
             return bool(payments.settle_outcome(held, outcome))
@@ -226,18 +226,6 @@ class Recovery:
         documents = self.orchestrator.checkpoints.document_by_digest(record.job_id)
         progress = verified_progress(outcome, record.contracts, superseded, documents)
         return bool(payments.settle_superseded(dropped, progress))
-
-    def _stored_outcome(self, record: JobRecord) -> Outcome:
-        """A final job's outcome as stored: its results, verdict and proven frauds."""
-        frauds = self.orchestrator.jobs.fraud.for_job(record.job_id)
-        return Outcome(
-            results=record.results,
-            final=True,
-            status=record.status,
-            verified=bool(record.verified),
-            reason=record.reason,
-            lost=[str(finding["contract_id"]) for finding in frauds],
-        )
 
     # Relocating ---------------------------------------------------------------------------
 
