@@ -234,8 +234,8 @@ async def test_infinite_loop_times_out_and_leaves_nothing(
     assert result.status == "timeout"
     assert result.reason == "exceeded wall time limit of 1.5 s"
     assert result.exit_code is None
-    assert 1.4 < elapsed < 5
-    assert result.usage.cpu_s > 0.5
+    assert 1.4 < elapsed < 30  # ended by the limit, not by the 300 s sleepers
+    assert result.usage.cpu_s > 0.1
     await assert_still_works(executor, work_root)
 
 
@@ -245,7 +245,7 @@ async def test_cpu_time_limit(executor: ProcessExecutor, work_root: Path) -> Non
     assert result.status == "killed"
     assert "cpu time limit of 1.0 s" in result.reason
     assert 0.9 < result.usage.cpu_s < 3
-    assert result.usage.wall_s < 5
+    assert result.usage.wall_s < 15  # ended by the CPU limit, long before the 20 s wall limit
     await assert_still_works(executor, work_root)
 
 
