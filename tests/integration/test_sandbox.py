@@ -216,7 +216,7 @@ async def test_memory_bomb_is_killed(executor: ProcessExecutor, work_root: Path)
     code = "chunks = [bytearray(1024 * 1024) for _ in range(1024)]\nprint('allocated 1 GiB')"
     start = time.monotonic()
     result, _ = await run_tracked(executor, python(code, limits=limits), work_root)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 10  # before the wall limit: the memory limit struck
     assert result.status == "killed"
     assert "memory limit 128 MiB" in result.reason
     assert b"allocated" not in result.stdout
