@@ -167,7 +167,8 @@ async def test_adaptive_replicates_less_as_the_record_grows(make_mesh: MeshFacto
     assert sum(replicas[-4:]) < 2 * 4
     assert mesh.findings == []
     cheapest = mesh.nodes[0].did
-    assert mesh.orchestrator.verification.reputation.record(cheapest, "process").verified >= 1
+    record_of_cheapest = mesh.orchestrator.verification.reputation.record(cheapest, "process")
+    assert record_of_cheapest.verified >= 0.99  # one confirmed result at least, barely decayed
 
 
 async def test_audit_rate_one_re_executes_every_result(make_mesh: MeshFactory) -> None:
