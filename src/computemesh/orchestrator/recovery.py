@@ -12,7 +12,8 @@ Then it settles the escrows the dead process left open on jobs now final
 (``settle_leftover_escrows``), so that none stays locked and none is paid twice.
 
 An allocation whose provider lost it is placed elsewhere (``relocate``), without that
-provider and without the job's other providers, at most ``max_relocations`` times per job:
+provider and without the job's other providers, at most ``max_relocations`` lost contracts
+per job (counted from the job's stored history, so a restart does not reset the count):
 
 - the provider was declared dead by the failure detector (``on_node_dead``, wired to the
   mesh view: no heartbeat for ``dead_after_s``) and does not answer a ping within
@@ -91,7 +92,6 @@ class Recovery:
     def __init__(self, orchestrator: Orchestrator, settings: RecoverySettings | None = None):
         self.orchestrator = orchestrator
         self.settings = settings or RecoverySettings()
-        self.relocations: dict[str, int] = {}
         self._unreachable_since: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._task: asyncio.Task[RecoveryReport] | None = None
@@ -324,11 +324,10 @@ class Recovery:
             missing = self.orchestrator.missing_replicas(record)
             if record.is_final or missing <= 0:
                 return []
-            if self.relocations.get(job_id, 0) >= self.settings.max_relocations:
+            if relocations_of(record) > self.settings.max_relocations:
                 jobs.set_status(job_id, "failed", "relocated too many times; giving up")
                 self._settle_if_ended(job_id)
                 return []
-            self.relocations[job_id] = self.relocations.get(job_id, 0) + 1
             held = {contract["terms"]["provider"] for contract in record.contracts}
             try:
                 return await self.orchestrator.place(job_id, exclude=excluded | held, count=missing)
@@ -392,3 +391,9 @@ def _unfinished_on(record: JobRecord, did: str) -> bool:
         contract["terms"]["provider"] == did and contract["terms"]["contract_id"] not in reported
         for contract in record.contracts
     )
+
+
+def relocations_of(record: JobRecord) -> int:
+    """How many contracts the job has lost to relocation, from its stored history (so a
+    restarted consumer keeps counting where the last one stopped)."""
+    return sum(1 for entry in record.history if entry["event"] == "relocated")
