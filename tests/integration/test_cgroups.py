@@ -63,4 +63,4 @@ async def test_memory_of_the_whole_job_is_bounded_and_the_group_removed(tmp_path
     assert bounded.status != "completed"
     roomy = await run_to_completion(executor, request(TWO_HUNGRY_PROCESSES, 1500), tmp_path)
     assert roomy.status == "completed", roomy.reason
-    assert set(job_groups()) == before
+    assert set(job_groups()) <= before  # this test's groups are gone (others may come and go)
