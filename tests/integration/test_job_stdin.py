@@ -22,21 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 LIMITS = SandboxLimits(wall_time_s=20, cpu_time_s=20, memory_mb=256)
 DATA = bytes(range(256)) * 40  # 10,240 bytes: more than one read of the echo below
-ECHO_WAT = b"""(module
-  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 1024)) (i32.store (i32.const 4) (i32.const 4096))
-    (loop $more
-      (i32.store (i32.const 16) (i32.const 0))
-      (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
-      (if (i32.gt_u (i32.load (i32.const 16)) (i32.const 0))
-        (then
-          (i32.store (i32.const 8) (i32.const 1024))
-          (i32.store (i32.const 12) (i32.load (i32.const 16)))
-          (drop (call $write (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 20)))
-          (br $more))))))"""
+ECHO_WAT = (Path(__file__).resolve().parents[2] / "examples" / "wasm" / "echo.wat").read_bytes()
 CAT_PY = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"
 needs_bwrap = pytest.mark.skipif(
     not bubblewrap_available(), reason="bubblewrap (bwrap) is not installed"
